@@ -1,0 +1,242 @@
+"""`export-onnx`: one step of a trained run as a lean, self-describing ONNX graph, checked against Keras.
+
+The graph is written node by node from the Keras weights rather than traced, so that it holds only what a step
+needs: the embedding (or one-hot) and the first layer's input projection fold into one gather from a
+[vocab, gates * units] table, LSTM gates are reordered so that one Sigmoid and one Tanh cover them, and the
+state of all layers travels as one [layers, batch, units] tensor per kind (h, and c for LSTM).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from toolkit.config import load_run_config
+from toolkit.files import UsageError, atomic_path, write_text
+from toolkit.vocab import BOS, SPECIALS, Vocab
+
+TOLERANCE = 1e-4  # float32: largest |logit difference| Keras vs onnxruntime over the check sequence
+TOLERANCE_FP16 = 5e-2  # half precision: see docs/benchmarks.md ("fp16 export") for why
+CHECK_STEPS, CHECK_BATCH = 256, 8
+MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 13, 26, 17  # 26: the newest onnxruntime 1.31 loads
+
+
+@dataclass(frozen=True)
+class Layer:
+    kernel: np.ndarray  # [inputs, gates * units]
+    recurrent: np.ndarray  # [units, gates * units]
+    bias: np.ndarray  # [gates * units]: the input bias
+    recurrent_bias: np.ndarray | None  # GRU (reset_after): the bias inside r * (h @ U + b)
+
+
+@dataclass(frozen=True)
+class Weights:
+    cell: str
+    embedding: np.ndarray  # [vocab, dim]; the identity for one-hot input
+    layers: list[Layer]
+    head: tuple[np.ndarray, np.ndarray]  # Dense kernel [units, vocab], bias [vocab]
+
+    @property
+    def units(self) -> int:
+        return self.layers[0].recurrent.shape[0]
+
+
+def _lstm_gate_order(w: np.ndarray) -> np.ndarray:
+    """Keras orders LSTM gates i, f, c, o; we use i, f, o, c so the three sigmoid gates are contiguous."""
+    i, f, c, o = np.split(w, 4, axis=-1)
+    return np.concatenate([i, f, o, c], axis=-1)
+
+
+def read_weights(model) -> Weights:
+    """The arrays of a model built by toolkit.model.build_model, in the layout the graph uses."""
+    from toolkit.model import rnn_layers
+
+    cell_layers = rnn_layers(model)
+    if not cell_layers:
+        raise UsageError("the checkpoint holds no LSTM or GRU layer; export only models made by `cli.py train`")
+    cell = "lstm" if type(cell_layers[0]).__name__ == "LSTM" else "gru"
+    layers = []
+    for rnn in cell_layers:
+        kernel, recurrent, bias = (np.asarray(w, np.float32) for w in rnn.cell.get_weights())
+        if cell == "lstm":
+            layers.append(Layer(*map(_lstm_gate_order, (kernel, recurrent, bias)), None))
+        elif bias.ndim == 2:  # reset_after=True, Keras' default: [input bias, recurrent bias]
+            layers.append(Layer(kernel, recurrent, bias[0], bias[1]))
+        else:
+            raise UsageError("GRU with reset_after=False is not supported; train with `cli.py train --cell gru`")
+    embedding = np.asarray(model.layers[1].get_weights()[0], np.float32)
+    head = tuple(np.asarray(w, np.float32) for w in model.get_layer("logits").get_weights())
+    return Weights(cell, embedding, layers, head)
+
+
+class _Graph:
+    """A tiny builder: each call adds a node and returns its output name."""
+
+    def __init__(self, dtype: np.dtype):
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.dtype = dtype
+
+    def const(self, name: str, value: np.ndarray, dtype: np.dtype | None = None) -> str:
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype or self.dtype), name))
+        return name
+
+    def op(self, op: str, *inputs: str, outputs: int = 1, name: str | None = None, **attrs) -> str | list[str]:
+        base = name or f"{op.lower()}_{len(self.nodes)}"
+        names = [base] if outputs == 1 else [f"{base}_{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op, list(inputs), names, name=base, **attrs))
+        return names[0] if outputs == 1 else names
+
+
+def build_step_graph(w: Weights, metadata: dict[str, str], opset: int = DEFAULT_OPSET,
+                     fp16: bool = False) -> onnx.ModelProto:
+    """The single-step model. Inputs and outputs are float32 at the boundary, whatever the weights are."""
+    dtype = np.float16 if fp16 else np.float32
+    g, units, n = _Graph(dtype), w.units, len(w.layers)
+    tensor = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
+
+    def boundary_in(name: str) -> str:
+        return g.op("Cast", name, to=tensor, name=f"{name}_cast") if fp16 else name
+
+    def output(op: str, *inputs: str, name: str, **attrs) -> None:
+        """The node that makes a graph output: named after it, followed by a Cast in half precision."""
+        if fp16:
+            g.op("Cast", g.op(op, *inputs, **attrs), name=name, to=TensorProto.FLOAT)
+        else:
+            g.op(op, *inputs, name=name, **attrs)
+
+    kinds = ("h", "c") if w.cell == "lstm" else ("h",)
+    state = {k: boundary_in(k) for k in kinds}
+    first = w.layers[0]
+    table = g.const("input_table", w.embedding @ first.kernel + first.bias)  # embedding, projection, bias
+    x = g.op("Gather", table, "token", axis=0, name="input_projection")
+    news: dict[str, list[str]] = {k: [] for k in kinds}
+    for i, layer in enumerate(w.layers):
+        index = g.const(f"layer_{i}", np.int64(i), np.int64)
+        prev = {k: g.op("Gather", state[k], index, axis=0, name=f"{k}_{i}") for k in kinds}
+        if i:
+            x = g.op("Add", g.op("MatMul", x, g.const(f"kernel_{i}", layer.kernel)), g.const(f"bias_{i}", layer.bias))
+        rec = g.op("MatMul", prev["h"], g.const(f"recurrent_kernel_{i}", layer.recurrent))
+        if w.cell == "lstm":
+            sizes = g.const(f"split_{i}", [3 * units, units], np.int64)
+            gates, cand = g.op("Split", g.op("Add", x, rec), sizes, axis=1, outputs=2, name=f"gates_{i}")
+            in_gate, forget, out_gate = g.op("Split", g.op("Sigmoid", gates), g.const(
+                f"split3_{i}", [units] * 3, np.int64), axis=1, outputs=3, name=f"ifo_{i}")
+            c = g.op("Add", g.op("Mul", forget, prev["c"]), g.op("Mul", in_gate, g.op("Tanh", cand)))
+            h = g.op("Mul", out_gate, g.op("Tanh", c))
+            news["c"].append(c)
+        else:
+            rec = g.op("Add", rec, g.const(f"recurrent_bias_{i}", layer.recurrent_bias))
+            sizes = g.const(f"split_{i}", [2 * units, units], np.int64)
+            x_zr, x_h = g.op("Split", x, sizes, axis=1, outputs=2, name=f"x_gates_{i}")
+            r_zr, r_h = g.op("Split", rec, sizes, axis=1, outputs=2, name=f"r_gates_{i}")
+            z, r = g.op("Split", g.op("Sigmoid", g.op("Add", x_zr, r_zr)), g.const(
+                f"split2_{i}", [units, units], np.int64), axis=1, outputs=2, name=f"zr_{i}")
+            cand = g.op("Tanh", g.op("Add", x_h, g.op("Mul", r, r_h)))
+            h = g.op("Add", cand, g.op("Mul", z, g.op("Sub", prev["h"], cand)))  # z*h + (1-z)*cand
+        news["h"].append(h)
+        x = h
+    output("Add", g.op("MatMul", x, g.const("head_kernel", w.head[0])), g.const("head_bias", w.head[1]),
+           name="logits")
+    axis0 = g.const("axis0", [0], np.int64)
+    for k in kinds:
+        if n == 1:
+            output("Unsqueeze", news[k][0], axis0, name=f"{k}_out")
+        else:
+            output("Concat", *(g.op("Unsqueeze", v, axis0) for v in news[k]), axis=0, name=f"{k}_out")
+
+    vocab_size = w.embedding.shape[0]
+    state_shape = [n, "batch", units]
+    graph = helper.make_graph(
+        g.nodes, f"charlm_{w.cell}_step", [
+            helper.make_tensor_value_info("token", TensorProto.INT64, ["batch"]),
+            *(helper.make_tensor_value_info(k, TensorProto.FLOAT, state_shape) for k in kinds)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", vocab_size]),
+         *(helper.make_tensor_value_info(f"{k}_out", TensorProto.FLOAT, state_shape) for k in kinds)],
+        g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="charlm",
+                              doc_string="One step of a character-level title generator. Feed <bos> first.")
+    model.ir_version = helper.find_min_ir_version_for(model.opset_import)  # what older runtimes read
+    helper.set_model_props(model, metadata)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def max_logit_difference(model, onnx_path: Path, vocab_size: int, seed: int = 0) -> float:
+    """Run one token sequence through Keras (whole sequence) and onnxruntime (step by step, state carried)."""
+    from toolkit.runtime import OnnxStep
+
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(len(SPECIALS), vocab_size, size=(CHECK_BATCH, CHECK_STEPS))
+    tokens[:, 0] = BOS
+    expected = np.asarray(model(tokens.astype(np.int32), training=False))
+    step = OnnxStep(onnx_path, device="cpu")
+    state = step.initial_state(CHECK_BATCH)
+    diff = 0.0
+    for t in range(CHECK_STEPS):
+        logits, state = step(tokens[:, t], state)
+        diff = max(diff, float(np.abs(logits - expected[:, t]).max()))
+    return diff
+
+
+@dataclass(frozen=True)
+class Export:
+    path: Path
+    max_abs_diff: float
+    tolerance: float
+    opset: int
+    fp16: bool
+
+
+def export(run_dir: Path, out: Path | None = None, checkpoint: str = "best", opset: int = DEFAULT_OPSET,
+           fp16: bool = False) -> Export:
+    """Export a run's checkpoint; the file appears only once onnxruntime reproduces Keras within tolerance."""
+    import keras
+
+    import toolkit.model  # noqa: F401  registers the custom metric the checkpoint refers to
+
+    run_dir = Path(run_dir)
+    if checkpoint not in ("best", "last"):
+        raise UsageError(f"--checkpoint must be best or last, not {checkpoint!r}")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(f"--opset must lie in {MIN_OPSET}..{MAX_OPSET}, not {opset}")
+    if not run_dir.is_dir():
+        raise UsageError(f"run directory {run_dir} does not exist; pass a directory made by `cli.py train`")
+    config, facts = load_run_config(run_dir)
+    ckpt = run_dir / f"{checkpoint}.keras"
+    try:
+        vocab = Vocab.load(run_dir / "vocab.json")
+        model = keras.saving.load_model(ckpt, compile=False)
+    except Exception as e:  # missing, truncated or foreign files: Keras and json raise many types
+        raise UsageError(f"cannot load {ckpt.name if ckpt.exists() else 'vocab.json'} from {run_dir} "
+                         f"({str(e).splitlines()[0][:160]}); the run is incomplete or corrupt") from None
+    weights = read_weights(model)
+    if weights.embedding.shape[0] != vocab.size:
+        raise UsageError(f"{ckpt} has {weights.embedding.shape[0]} ids but vocab.json has {vocab.size}; "
+                         "the run is inconsistent")
+    metadata = {
+        "vocab": vocab.to_json(), "cell": weights.cell, "layers": str(len(weights.layers)),
+        "units": str(weights.units), "specials": json.dumps(dict(zip(SPECIALS, range(len(SPECIALS)), strict=True))),
+        "data_fingerprint": facts.get("data_fingerprint", ""), "config": json.dumps(config.to_dict()),
+        "checkpoint": checkpoint, "precision": "float16" if fp16 else "float32",
+    }
+    graph = build_step_graph(weights, metadata, opset, fp16)
+    out = Path(out) if out else run_dir / ("model.fp16.onnx" if fp16 else "model.onnx")
+    tolerance = TOLERANCE_FP16 if fp16 else TOLERANCE
+    with atomic_path(out) as tmp:
+        onnx.save(graph, tmp)
+        diff = max_logit_difference(model, tmp, vocab.size)
+        if not diff <= tolerance:
+            raise UsageError(f"verification failed: onnxruntime's logits differ from Keras' by {diff:.3g} "
+                             f"(tolerance {tolerance:g}); no model written")
+    result = Export(out, diff, tolerance, opset, fp16)
+    write_text(out.with_suffix(".verify.json"), json.dumps({
+        "model": out.name, "run": str(run_dir), "checkpoint": checkpoint, "max_abs_logit_diff": diff,
+        "tolerance": tolerance, "steps": CHECK_STEPS, "batch": CHECK_BATCH, "opset": opset,
+        "precision": metadata["precision"]}, indent=2))
+    return result

@@ -1,0 +1,1 @@
+"""Character-level title generators: data, vocabulary, model, training and sampling."""

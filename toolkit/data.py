@@ -1,0 +1,134 @@
+"""Data sources (TFDS, AG News CSV, one title per line) and the deterministic validation split.
+
+Nothing here imports TensorFlow at module level: sampling and reports read training titles too.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.files import UsageError
+
+FIELDS = ("title", "description", "both")
+TFDS_SCHEME = "tfds:"
+
+
+@dataclass(frozen=True)
+class Row:
+    title: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Texts to train on, and the texts whose bits per character tell how well the model generalises."""
+
+    train: list[str]
+    val: list[str]
+    train_titles: list[str]  # what novelty is measured against, whatever the model trained on
+
+
+def read_rows(source: str) -> tuple[list[Row], list[Row] | None]:
+    """Read a data source; returns (rows, validation rows when the source has its own split)."""
+    if source.startswith(TFDS_SCHEME):
+        return _read_tfds(source.removeprefix(TFDS_SCHEME))
+    scheme, colon, _ = source.partition(":")
+    if colon and len(scheme) > 1 and not Path(source).exists():  # one letter is a Windows drive
+        raise UsageError(f"unknown data source {source!r}: use tfds:ag_news_subset, a .csv in the AG News "
+                         "format, or a .txt file with one title per line")
+    path = Path(source)
+    if not path.is_file():
+        raise UsageError(f"data file {source} does not exist; pass an existing .csv or .txt file")
+    if path.suffix.lower() == ".csv":
+        return read_csv(path), None
+    if path.suffix.lower() == ".txt":
+        return read_txt(path), None
+    raise UsageError(f"data file {source} is neither .csv (AG News format) nor .txt (one title per line)")
+
+
+def read_csv(path: Path) -> list[Row]:
+    """The ag_news_csv format: headerless `"class","title","description"`; a header line is skipped."""
+    csv.field_size_limit(sys.maxsize)
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            for record in reader:
+                if len(record) != 3:
+                    if not record:
+                        continue
+                    raise UsageError(f"{path}, line {reader.line_num}: expected 3 columns "
+                                     f"(class, title, description), found {len(record)}; fix or remove that line")
+                label, title, description = record
+                if reader.line_num == 1 and not label.strip().isdigit():
+                    continue  # a header such as "Class Index,Title,Description"
+                rows.append(Row(title, description))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UsageError(f"cannot read {path}: {e}; pass a UTF-8 CSV in the AG News format") from None
+    return rows
+
+
+def read_txt(path: Path) -> list[Row]:
+    """One title per line; blank lines are skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {path}: {e}; pass a UTF-8 text file with one title per line") from None
+    return [Row(line) for line in text.splitlines() if line.strip()]
+
+
+def _read_tfds(name: str) -> tuple[list[Row], list[Row]]:
+    """A TFDS dataset with `title` and `description` features; its `test` split is the validation set."""
+    import tensorflow_datasets as tfds
+
+    try:
+        splits = tfds.load(name, split=["train", "test"], batch_size=65536)
+    except Exception as e:  # TFDS raises many types: unknown name, no network, bad data_dir
+        raise UsageError(f"cannot load tfds:{name}: {str(e).splitlines()[0]}; check the name, the network "
+                         "or TFDS_DATA_DIR, or pass a local .csv/.txt file") from None
+    out = []
+    for split in splits:
+        rows = []
+        for batch in tfds.as_numpy(split):
+            titles, descriptions = batch["title"], batch.get("description", [b""] * len(batch["title"]))
+            rows += [Row(t.decode("utf-8"), d.decode("utf-8")) for t, d in zip(titles, descriptions, strict=True)]
+        out.append(rows)
+    return out[0], out[1]
+
+
+def in_validation(title: str, fraction: float) -> bool:
+    """A stable hash of the title decides, so the split is the same on every machine and every run."""
+    digest = hashlib.blake2b(title.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < fraction * 2**64
+
+
+def texts_of(rows: list[Row], field: str) -> list[str]:
+    """The texts a field selects; `both` gives each row's title and its description as two texts."""
+    if field == "title":
+        return [r.title for r in rows]
+    if field == "description":
+        return [r.description for r in rows if r.description]
+    return [t for r in rows for t in (r.title, r.description) if t]
+
+
+def load_corpus(source: str, field: str = "title", val_fraction: float = 0.1,
+                val_source: str | None = None) -> Corpus:
+    """Training and validation texts from a source, with the split rules of the README."""
+    rows, val_rows = read_rows(source)
+    if val_source is not None:
+        val_rows, _ = read_rows(val_source)
+    elif val_rows is None:
+        held = [in_validation(r.title, val_fraction) for r in rows]
+        val_rows = [r for r, h in zip(rows, held, strict=True) if h]
+        rows = [r for r, h in zip(rows, held, strict=True) if not h]
+    val_field = "description" if field == "description" else "title"
+    corpus = Corpus(texts_of(rows, field), texts_of(val_rows, val_field), [r.title for r in rows])
+    if not corpus.train:
+        raise UsageError(f"no training texts in {source} (field {field}); pass a non-empty data source")
+    if not corpus.val:
+        raise UsageError(f"no validation texts from {val_source or source}; raise --val-fraction or pass --val-data")
+    return corpus

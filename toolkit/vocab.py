@@ -1,0 +1,83 @@
+"""The character vocabulary: reserved ids first, then every character of the training texts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.files import UsageError, write_text
+
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
+SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Ids 0-3 are padding, begin-of-title, end-of-title and unknown; characters follow in code-point order."""
+
+    chars: tuple[str, ...]
+
+    @classmethod
+    def build(cls, texts: Iterable[str]) -> Vocab:
+        seen: set[str] = set()
+        for text in texts:
+            seen.update(text)
+        return cls(tuple(sorted(seen)))
+
+    @property
+    def size(self) -> int:
+        return len(SPECIALS) + len(self.chars)
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {ch: i for i, ch in enumerate(self.chars, start=len(SPECIALS))}
+
+    @cached_property
+    def table(self) -> np.ndarray:
+        """Id -> character as a numpy array; specials map to '' so that decoding drops them."""
+        return np.array([""] * len(SPECIALS) + list(self.chars), dtype="<U1")
+
+    def encode(self, text: str) -> list[int]:
+        """Characters to ids; a character outside the vocabulary becomes <unk>."""
+        return [self.index.get(ch, UNK) for ch in text]
+
+    def encode_known(self, text: str, what: str = "text") -> list[int]:
+        """Characters to ids, refusing characters the model never saw (prompts must be exact)."""
+        unknown = sorted({ch for ch in text if ch not in self.index})
+        if unknown:
+            raise UsageError(f"{what} {text!r} has characters outside the model's vocabulary: {unknown!r}")
+        return self.encode(text)
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """Ids to text, stopping at the first <eos> and dropping the other reserved ids."""
+        ids = np.asarray(ids, dtype=np.int64)
+        end = np.flatnonzero(ids == EOS)
+        return "".join(self.table[ids[: end[0] if end.size else None]])
+
+    def decode_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Decode a [rows, steps] id matrix at once (rows must hold nothing but padding after <eos>)."""
+        chars = self.table[ids]  # reserved ids are '', which numpy stores as NUL and strips at the end
+        return np.ascontiguousarray(chars).view(f"<U{ids.shape[1]}").ravel()
+
+    def to_json(self) -> str:
+        return json.dumps({"specials": dict(zip(SPECIALS, range(len(SPECIALS)), strict=True)),
+                           "chars": list(self.chars)}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Vocab:
+        data = json.loads(text)
+        if data.get("specials") != dict(zip(SPECIALS, range(len(SPECIALS)), strict=True)):
+            raise ValueError("reserved ids differ from this toolkit's (<pad>=0, <bos>=1, <eos>=2, <unk>=3)")
+        return cls(tuple(data["chars"]))
+
+    def save(self, path: Path) -> None:
+        write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: Path) -> Vocab:
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
