@@ -6,7 +6,9 @@ machines with onnxruntime alone.
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +16,8 @@ import typer
 
 from toolkit.config import TrainConfig
 from toolkit.files import UsageError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter; errors still raise
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train character-level title generators, export them to ONNX, sample in batches, "
@@ -59,13 +63,15 @@ def train(
 ) -> None:
     """Train a character model; writes last.keras, best.keras, history.csv, config.json, vocab.json."""
     flags = {k: v for k, v in locals().items() if k not in ("out", "resume", "overwrite")}
-    from toolkit.train import resolve_config
+    from toolkit.config import resolve_config
+    from toolkit.data import load_corpus
+
+    config = resolve_config(out, flags, resume=resume, overwrite=overwrite)  # before TensorFlow loads, so
+    corpus = load_corpus(config.data, config.field, config.val_fraction, config.val_data)  # bad input fails fast
     from toolkit.train import train as fit
 
-    config = resolve_config(out, flags, resume=resume, overwrite=overwrite)
-
     try:
-        history = fit(config, out, resume=resume, log=typer.echo)
+        history = fit(config, out, resume=resume, log=typer.echo, corpus=corpus)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: completed epochs are saved in {out}; continue with "
                    f"`python cli.py train --out {out} --resume`", err=True)
@@ -74,6 +80,121 @@ def train(
         best = min(history, key=lambda row: row["val_bpc"])
         typer.echo(f"done: {len(history)} epochs in {out}; best validation {best['val_bpc']:.3f} bits per "
                    f"character (epoch {int(best['epoch'])})")
+
+
+@app.command("export-onnx")
+def export_onnx(
+    run: Annotated[Path, typer.Argument(help="Run directory made by `train`.")],
+    out: Annotated[Path | None, typer.Option(help="Output file. [default: RUN/model.onnx]", show_default=False)] = None,
+    checkpoint: Annotated[str, typer.Option(help="best (lowest validation loss) or last.")] = "best",
+    opset: Annotated[int, typer.Option(help="ONNX opset (13-26).")] = 17,
+    fp16: Annotated[bool, typer.Option(help="Half-precision weights for GPUs; float32 at the boundary.")] = False,
+) -> None:
+    """Export one step of the model to ONNX, verified against Keras; writes MODEL.onnx and MODEL.verify.json."""
+    from exporters.onnx import export
+
+    result = export(run, out, checkpoint=checkpoint, opset=opset, fp16=fp16)
+    typer.echo(f"wrote {result.path}: max |logit difference| vs Keras {result.max_abs_diff:.2e} "
+               f"(tolerance {result.tolerance:g})")
+
+
+@app.command("sample-batch")
+def sample_batch(
+    model: Annotated[Path, typer.Option(help="Exported .onnx file.")] = Path("runs/default/model.onnx"),
+    n: Annotated[int, typer.Option(help="Samples per temperature.")] = 1000,
+    temps: Annotated[str, typer.Option(help="Comma-separated temperatures; 0 is greedy.")] = "0.3,1.0,1.8",
+    out: Annotated[Path, typer.Option(help="Directory for samples.csv, run.json and the reports.")] = Path(
+        "reports/default"),
+    prompt: Annotated[list[str] | None, typer.Option(help="Start every sample with this text (repeatable: "
+                                                          "samples cycle through the prompts).")] = None,
+    max_len: Annotated[int, typer.Option(help="Longest title, in characters.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Rows per chunk; bounds memory for any --n.")] = 4096,
+    top_k: Annotated[int, typer.Option(help="Sample from the k likeliest characters only; 0 is off.")] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling: smallest set with this much probability.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Same seed, same samples (on the same provider).")] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when it really works), cuda or cpu.")] = "auto",
+    report: Annotated[bool, typer.Option(help="Also write metrics.csv and report.html.")] = True,
+    train_data: Annotated[str | None, typer.Option(help="Training titles for novelty, instead of the run's.")] = None,
+) -> None:
+    """Sample N titles at each temperature, all in one batch, on onnxruntime; writes samples.csv and run.json."""
+    from toolkit.batch import parse_temperatures
+    from toolkit.batch import sample_batch as run_batch
+
+    temperatures = parse_temperatures(temps)
+    run = run_batch(model, out, n=n, temps=temperatures, prompts=prompt or (), max_len=max_len,
+                    batch_size=batch_size, top_k=top_k, top_p=top_p, seed=seed, device=device,
+                    progress=_progress_bar(n * len(temperatures)))
+    typer.echo(f"{run.provider}: {run.rows:,} samples, {run.characters:,} characters in {run.seconds:.2f} s "
+               f"({run.chars_per_second:,.0f} characters/s) -> {out / 'samples.csv'}")
+    if report:
+        _report([out], None, train_data)
+
+
+@app.command()
+def report(
+    sample_dirs: Annotated[list[Path], typer.Argument(help="Directories written by sample-batch.")],
+    out: Annotated[Path | None, typer.Option(help="Where a comparison of several directories goes.")] = None,
+    train_data: Annotated[str | None, typer.Option(help="Training titles for novelty, instead of the run's.")] = None,
+) -> None:
+    """Score samples into metrics.csv and report.html; several directories give a side-by-side comparison."""
+    if len(sample_dirs) > 1 and out is None:
+        raise UsageError("comparing several sample directories needs --out DIR for the comparison report")
+    _report(sample_dirs, out, train_data)
+
+
+def _report(sample_dirs: list[Path], out: Path | None, train_data: str | None) -> None:
+    from eval.report import write_comparison, write_report
+
+    paths = write_report(sample_dirs[0], train_data) if out is None else write_comparison(sample_dirs, out, train_data)
+    typer.echo("wrote " + " and ".join(map(str, paths)))
+
+
+@app.command()
+def pipeline(
+    data: Annotated[str | None, _opt("Training data, as for `train --data`.", D.data)] = None,
+    name: Annotated[str, typer.Option(help="Run name: writes runs/NAME and reports/NAME.")] = "default",
+    epochs: Annotated[int | None, _opt("Training epochs.", D.epochs)] = None,
+    cell: Annotated[str | None, _opt("lstm or gru.", D.cell)] = None,
+    layers: Annotated[int | None, _opt("Stacked recurrent layers.", D.layers)] = None,
+    units: Annotated[int | None, _opt("Units per recurrent layer.", D.units)] = None,
+    embedding_dim: Annotated[int | None, _opt("Embedding size; 0 for one-hot.", D.embedding_dim)] = None,
+    n: Annotated[int, typer.Option(help="Samples per temperature.")] = 1000,
+    temps: Annotated[str, typer.Option(help="Comma-separated temperatures.")] = "0.3,1.0,1.8",
+    seed: Annotated[int, typer.Option(help="Seed of training and sampling.")] = 0,
+    device: Annotated[str, typer.Option(help="Sampling device: auto, cuda or cpu.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace runs/NAME if it exists.")] = False,
+) -> None:
+    """The main job in one go: train -> export-onnx -> sample-batch -> report."""
+    run_dir, report_dir = Path("runs") / name, Path("reports") / name
+    flags = dict(data=data, epochs=epochs, cell=cell, layers=layers, units=units, embedding_dim=embedding_dim,
+                 seed=seed)
+    from toolkit.batch import parse_temperatures
+
+    parse_temperatures(temps)  # refuse bad input before an hour of training
+    typer.echo(f"[1/4] train -> {run_dir}")
+    train(out=run_dir, overwrite=overwrite, **flags)
+    typer.echo(f"[2/4] export-onnx -> {run_dir / 'model.onnx'}")
+    export_onnx(run_dir)
+    typer.echo(f"[3/4] sample-batch -> {report_dir}")
+    sample_batch(model=run_dir / "model.onnx", n=n, temps=temps, out=report_dir, seed=seed, device=device,
+                 report=False)
+    typer.echo(f"[4/4] report -> {report_dir / 'report.html'}")
+    _report([report_dir], None, None)
+
+
+def _progress_bar(total: int):
+    """A one-line bar on stderr (rows done, characters per second), drawn only on a terminal."""
+    started = time.perf_counter()
+
+    def show(rows: int, chars: int) -> None:
+        if sys.stderr.isatty():
+            done = int(30 * rows / total)
+            end = "\n" if rows == total else ""
+            sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {rows:,}/{total:,} rows, "
+                             f"{chars / (time.perf_counter() - started):,.0f} characters/s{end}")
+            sys.stderr.flush()
+
+    return show
 
 
 def main() -> None:

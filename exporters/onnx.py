@@ -196,10 +196,6 @@ class Export:
 def export(run_dir: Path, out: Path | None = None, checkpoint: str = "best", opset: int = DEFAULT_OPSET,
            fp16: bool = False) -> Export:
     """Export a run's checkpoint; the file appears only once onnxruntime reproduces Keras within tolerance."""
-    import keras
-
-    import toolkit.model  # noqa: F401  registers the custom metric the checkpoint refers to
-
     run_dir = Path(run_dir)
     if checkpoint not in ("best", "last"):
         raise UsageError(f"--checkpoint must be best or last, not {checkpoint!r}")
@@ -209,6 +205,12 @@ def export(run_dir: Path, out: Path | None = None, checkpoint: str = "best", ops
         raise UsageError(f"run directory {run_dir} does not exist; pass a directory made by `cli.py train`")
     config, facts = load_run_config(run_dir)
     ckpt = run_dir / f"{checkpoint}.keras"
+    if not ckpt.is_file():
+        raise UsageError(f"{run_dir} has no {ckpt.name} (training has not completed an epoch); train first")
+    import keras
+
+    import toolkit.model  # noqa: F401  registers the custom metric the checkpoint refers to
+
     try:
         vocab = Vocab.load(run_dir / "vocab.json")
         model = keras.saving.load_model(ckpt, compile=False)

@@ -74,3 +74,29 @@ def load_run_config(run_dir: Path) -> tuple[TrainConfig, dict]:
                          "`cli.py train`") from None
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise UsageError(f"{path} is corrupt ({e}); retrain or restore the run") from None
+
+
+def resolve_config(out: Path, overrides: dict[str, object], *, resume: bool, overwrite: bool) -> TrainConfig:
+    """The config of this run: defaults plus flags for a new run, the saved config for a resumed one.
+
+    Checks the output directory before any data is read, so a refused run writes nothing.
+    """
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if resume:
+        if not (out / "last.keras").is_file():
+            raise UsageError(f"{out} has no checkpoint to resume; run without --resume to start a new run")
+        saved, _ = load_run_config(out)
+        for name, value in overrides.items():
+            if name != "epochs" and getattr(saved, name) != value:
+                raise UsageError(f"--{name.replace('_', '-')} {value} contradicts the run's config "
+                                 f"({getattr(saved, name)}); drop the flag or train into a new --out")
+        return saved.replace(**{k: v for k, v in overrides.items() if k == "epochs"})
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; choose a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "config.json").exists():
+            raise UsageError(f"--out {out} is not empty and holds no run; choose an empty or new directory")
+        if not overwrite:
+            raise UsageError(f"{out} already holds a run; pass --resume to continue it or --overwrite "
+                             "to replace it")
+    return TrainConfig(**overrides)

@@ -33,7 +33,7 @@ class OnnxStep:
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"model {path} does not exist; export one with `python cli.py export-onnx RUN`")
-        ort.set_default_logger_severity(3)  # a missing CUDA library is reported below, in one line
+        ort.set_default_logger_severity(4)  # a CUDA library that fails to load is reported below, in one line
         wanted = [CPU] if device == "cpu" else [CUDA, CPU]
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

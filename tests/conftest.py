@@ -1,0 +1,43 @@
+"""Shared fixtures: the AG News file, a tiny trained run and its ONNX export (built once per session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import AG_NEWS
+
+
+@pytest.fixture(scope="session")
+def ag_news() -> Path:
+    if not AG_NEWS.is_file():
+        pytest.skip(f"AG News test split not found at {AG_NEWS}; set CHARLM_AG_NEWS to its path")
+    return AG_NEWS
+
+
+@pytest.fixture(scope="session")
+def small_csv(ag_news: Path, tmp_path_factory) -> Path:
+    """The first 400 rows of AG News: enough for a tiny model to learn something in seconds."""
+    path = tmp_path_factory.mktemp("data") / "small.csv"
+    with open(ag_news, encoding="utf-8") as f:
+        path.write_text("".join(f.readline() for _ in range(400)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(small_csv: Path, tmp_path_factory) -> Path:
+    """A two-epoch run of a small LSTM: the input of the export, sampling and report tests."""
+    from toolkit.config import TrainConfig
+    from toolkit.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    config = TrainConfig(data=str(small_csv), units=32, embedding_dim=16, epochs=2, batch_size=16, lr=1e-2)
+    train(config, out, verbose=0, log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_run: Path) -> Path:
+    from exporters.onnx import export
+
+    return export(tiny_run).path

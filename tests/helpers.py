@@ -1,0 +1,32 @@
+"""Helpers shared by the tests: where things are, and the CLI run as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+AG_NEWS = Path(os.environ.get("CHARLM_AG_NEWS", ROOT.parent / "shared" / "data" / "ag_news" / "test.csv"))
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it: a fresh process, so exit codes and stderr are the real ones."""
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    """Exit status 2, one line on stderr that names the problem, no traceback."""
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not _is_library_noise(line)]
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word.lower() in lines[0].lower(), (word, lines[0])
+
+
+def _is_library_noise(line: str) -> bool:
+    """TensorFlow's C++ start-up logging, which goes to stderr before Python runs (not ours to silence)."""
+    return line.startswith(("WARNING: All log messages", "I0000", "W0000", "E0000")) or "cuda_" in line

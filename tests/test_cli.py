@@ -1,0 +1,108 @@
+"""The commands as a user runs them: good runs, and bad input that ends in one line and exit status 2."""
+
+import subprocess
+import sys
+
+import onnx
+import pytest
+from helpers import ROOT, assert_usage_error, run_cli
+
+
+def test_help_lists_every_command():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("train", "export-onnx", "sample-batch", "report", "pipeline"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--data", "missing.csv"], ["missing.csv", "does not exist"]),
+    (["--data", "ftp://x"], ["unknown data source"]),
+    (["--units", "0"], ["--units", "positive"]),
+    (["--epochs", "-1"], ["--epochs"]),
+    (["--lr", "0"], ["--lr"]),
+    (["--val-fraction", "1.5"], ["--val-fraction"]),
+    (["--batch-size", "many"], ["batch-size"]),
+    (["--cell", "rnn"], ["--cell"]),
+    (["--resume"], ["no checkpoint"]),
+])
+def test_train_bad_input(args, words, tmp_path):
+    result = run_cli("train", "--out", tmp_path / "run", *args, cwd=tmp_path)
+    assert_usage_error(result, *words)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_bad_csv_row_and_empty_data(tmp_path):
+    (tmp_path / "bad.csv").write_text('"1","a","b"\n"1","a","b"\n"2","only two"\n')
+    assert_usage_error(run_cli("train", "--data", tmp_path / "bad.csv", "--out", tmp_path / "r"), "line 3")
+    (tmp_path / "empty.txt").write_text("\n")
+    assert_usage_error(run_cli("train", "--data", tmp_path / "empty.txt", "--out", tmp_path / "r"), "no training")
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_refuses_to_overwrite_or_contradict_a_run(tiny_run):
+    before = {p.name: p.stat().st_mtime for p in tiny_run.iterdir()}
+    assert_usage_error(run_cli("train", "--out", tiny_run), "already holds a run", "--overwrite")
+    assert_usage_error(run_cli("train", "--out", tiny_run, "--resume", "--units", "64"), "--units 64", "contradicts")
+    assert {p.name: p.stat().st_mtime for p in tiny_run.iterdir()} == before
+
+
+def test_export_bad_input(tiny_run, tmp_path):
+    assert_usage_error(run_cli("export-onnx", tmp_path / "nope"), "does not exist")
+    (tmp_path / "empty").mkdir()
+    assert_usage_error(run_cli("export-onnx", tmp_path / "empty"), "not a training run")
+    assert_usage_error(run_cli("export-onnx", tiny_run, "--opset", "9"), "--opset")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert_usage_error(run_cli("export-onnx", tiny_run, "--out", blocker / "m.onnx"), "cannot write")
+
+
+def test_export_then_sample_then_the_summary(tiny_run, tmp_path):
+    result = run_cli("export-onnx", tiny_run, "--out", tmp_path / "m.onnx")
+    assert result.returncode == 0, result.stderr
+    assert "max |logit difference|" in result.stdout
+    result = run_cli("sample-batch", "--model", tmp_path / "m.onnx", "--n", "50", "--temps", "0.3,1.0",
+                     "--out", tmp_path / "s", "--no-report")
+    assert result.returncode == 0, result.stderr
+    assert "CPUExecutionProvider: 100 samples" in result.stdout and "characters/s" in result.stdout
+    assert (tmp_path / "s" / "samples.csv").is_file()
+
+
+def test_sample_batch_does_not_import_tensorflow(tiny_onnx, tmp_path):
+    result = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "cli.py"), "sample-batch", "--model",
+                             str(tiny_onnx), "--n", "5", "--out", str(tmp_path), "--no-report"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
+    assert "onnxruntime" in imported and "tensorflow" not in imported and "keras" not in imported
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--temps", ""], ["--temps", "empty"]),
+    (["--temps", "hot,cold"], ["--temps", "numbers"]),
+    (["--temps", "-0.5"], ["negative"]),
+    (["--n", "0"], ["--n"]),
+    (["--max-len", "-3"], ["--max-len"]),
+    (["--top-p", "0"], ["--top-p"]),
+    (["--top-p", "1.01"], ["--top-p"]),
+    (["--device", "tpu"], ["--device"]),
+    (["--prompt", "∑"], ["prompt", "'∑'"]),
+])
+def test_sample_batch_bad_arguments(tiny_onnx, tmp_path, args, words):
+    assert_usage_error(run_cli("sample-batch", "--model", tiny_onnx, "--out", tmp_path / "s", *args), *words)
+    assert not (tmp_path / "s").exists()
+
+
+def test_sample_batch_bad_models_and_outputs(tiny_onnx, tmp_path):
+    out = ["--out", tmp_path / "s"]
+    assert_usage_error(run_cli("sample-batch", "--model", tmp_path / "none.onnx", *out), "does not exist")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    assert_usage_error(run_cli("sample-batch", "--model", tmp_path / "junk.onnx", *out), "not a readable ONNX")
+    foreign = onnx.load(tiny_onnx)
+    del foreign.metadata_props[:]
+    onnx.save(foreign, tmp_path / "foreign.onnx")
+    assert_usage_error(run_cli("sample-batch", "--model", tmp_path / "foreign.onnx", *out), "not a charlm model")
+    assert not (tmp_path / "s").exists()
+    (tmp_path / "file").write_text("")
+    assert_usage_error(run_cli("sample-batch", "--model", tiny_onnx, "--out", tmp_path / "file" / "s"),
+                       "cannot write")

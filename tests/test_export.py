@@ -1,0 +1,94 @@
+import json
+import shutil
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+
+import exporters.onnx as onnx_export
+from exporters.onnx import build_step_graph, export, max_logit_difference, read_weights
+from toolkit.config import TrainConfig
+from toolkit.files import UsageError
+from toolkit.model import build_model
+from toolkit.runtime import OnnxStep
+from toolkit.vocab import Vocab
+
+
+def scrambled_model(rng, **config):
+    """A model with large random weights: saturating gates exercise every nonlinearity of the step."""
+    model = build_model(TrainConfig(dropout=0, **config), vocab_size=30)
+    model.set_weights([rng.normal(0, 0.6, w.shape).astype(np.float32) if w.ndim and "one_hot" not in w.path
+                       else w.numpy() for w in model.weights])
+    return model
+
+
+@pytest.mark.parametrize("cell, layers, embedding_dim", [
+    ("lstm", 1, 8), ("lstm", 3, 8), ("gru", 1, 8), ("gru", 2, 8), ("lstm", 1, 0), ("gru", 1, 0)])
+def test_onnx_step_reproduces_keras(cell, layers, embedding_dim, tmp_path):
+    model = scrambled_model(np.random.default_rng(0), cell=cell, layers=layers, units=12,
+                            embedding_dim=embedding_dim)
+    path = tmp_path / "m.onnx"
+    onnx.save(build_step_graph(read_weights(model), {"vocab": Vocab(tuple("abcdefghijklmnopqrstuvwxyz")).to_json(),
+                                                     "cell": cell, "layers": str(layers), "units": "12",
+                                                     "config": "{}"}), path)
+    assert max_logit_difference(model, path, 30) < 1e-4
+
+
+def test_the_graph_is_one_gather_then_the_recurrence(tmp_path):
+    model = scrambled_model(np.random.default_rng(1), cell="lstm", layers=2, units=8, embedding_dim=4)
+    graph = build_step_graph(read_weights(model), {}).graph
+    ops = Counter(node.op_type for node in graph.node)
+    assert ops["MatMul"] == 2 + 1 + 1  # recurrent per layer, input of layer 2, output head: none for the embedding
+    table = next(t for t in graph.initializer if t.name == "input_table")
+    assert list(table.dims) == [30, 4 * 8]
+    assert [i.name for i in graph.input] == ["token", "h", "c"]
+    assert [o.name for o in graph.output] == ["logits", "h_out", "c_out"]
+    dims = [d.dim_param or d.dim_value for d in graph.input[1].type.tensor_type.shape.dim]
+    assert dims == [2, "batch", 8]
+
+
+def test_metadata_describes_the_model_and_its_run(tiny_run, tiny_onnx):
+    step = OnnxStep(tiny_onnx, device="cpu")
+    saved = json.loads((tiny_run / "config.json").read_text())
+    assert step.vocab == Vocab.load(tiny_run / "vocab.json")
+    assert step.metadata["cell"] == "lstm" and (step.layers, step.units) == (1, 32)
+    assert step.metadata["data_fingerprint"] == saved["data_fingerprint"]
+    assert json.loads(step.metadata["specials"]) == {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
+    assert step.config == saved["config"]
+    report = json.loads(tiny_onnx.with_suffix(".verify.json").read_text())
+    assert report["max_abs_logit_diff"] < 1e-4 and report["steps"] >= 200 and report["batch"] >= 4
+    onnx.checker.check_model(onnx.load(tiny_onnx), full_check=True)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_batch_is_dynamic(tiny_onnx, rows):
+    step = OnnxStep(tiny_onnx, device="cpu")
+    logits, (h, c) = step(np.ones(rows, np.int64), step.initial_state(rows))
+    assert logits.shape == (rows, step.vocab.size) and h.shape == c.shape == (1, rows, 32)
+
+
+def test_half_precision_export_stays_close(tiny_run, tmp_path):
+    result = export(tiny_run, tmp_path / "m16.onnx", fp16=True)
+    assert result.max_abs_diff <= onnx_export.TOLERANCE_FP16
+    weights = onnx.load(result.path).graph.initializer
+    assert next(t for t in weights if t.name == "input_table").data_type == onnx.TensorProto.FLOAT16
+    step = OnnxStep(result.path, device="cpu")
+    logits, state = step(np.ones(3, np.int64), step.initial_state(3))
+    assert logits.dtype == np.float32 and state[0].dtype == np.float32
+
+
+def test_failed_verification_writes_no_model(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_export, "TOLERANCE", 0.0)
+    with pytest.raises(UsageError, match="verification failed"):
+        export(tiny_run, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_corrupt_checkpoint_is_refused(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("model*"))
+    (run / "best.keras").write_bytes((run / "best.keras").read_bytes()[:1000])
+    with pytest.raises(UsageError, match="corrupt"):
+        export(run)
+    assert not (run / "model.onnx").exists()
