@@ -108,7 +108,8 @@ def sample_batch(
     prompt: Annotated[list[str] | None, typer.Option(help="Start every sample with this text (repeatable: "
                                                           "samples cycle through the prompts).")] = None,
     max_len: Annotated[int, typer.Option(help="Longest title, in characters.")] = 128,
-    batch_size: Annotated[int, typer.Option(help="Rows per chunk; bounds memory for any --n.")] = 4096,
+    batch_size: Annotated[int | None, typer.Option(help="Rows per chunk; bounds memory for any --n. "
+                                                        "[default: 1024 on CPU, 65536 on CUDA]")] = None,
     top_k: Annotated[int, typer.Option(help="Sample from the k likeliest characters only; 0 is off.")] = 0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling: smallest set with this much probability.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Same seed, same samples (on the same provider).")] = 0,
@@ -153,6 +154,7 @@ def _report(sample_dirs: list[Path], out: Path | None, train_data: str | None) -
 def pipeline(
     data: Annotated[str | None, _opt("Training data, as for `train --data`.", D.data)] = None,
     name: Annotated[str, typer.Option(help="Run name: writes runs/NAME and reports/NAME.")] = "default",
+    field: Annotated[str | None, _opt("title, description or both (validation is on titles).", D.field)] = None,
     epochs: Annotated[int | None, _opt("Training epochs.", D.epochs)] = None,
     cell: Annotated[str | None, _opt("lstm or gru.", D.cell)] = None,
     layers: Annotated[int | None, _opt("Stacked recurrent layers.", D.layers)] = None,
@@ -166,8 +168,8 @@ def pipeline(
 ) -> None:
     """The main job in one go: train -> export-onnx -> sample-batch -> report."""
     run_dir, report_dir = Path("runs") / name, Path("reports") / name
-    flags = dict(data=data, epochs=epochs, cell=cell, layers=layers, units=units, embedding_dim=embedding_dim,
-                 seed=seed)
+    flags = dict(data=data, field=field, epochs=epochs, cell=cell, layers=layers, units=units,
+                 embedding_dim=embedding_dim, seed=seed)
     from toolkit.batch import parse_temperatures
 
     parse_temperatures(temps)  # refuse bad input before an hour of training

@@ -1,10 +1,10 @@
 """The tutorial notebook's pipeline, model and sampler, re-created faithfully as the benchmarks' baselines.
 
 Keras 3 dropped `keras.preprocessing.text.Tokenizer`; a dict does its `char_level=True` job (code-point order
-instead of frequency order, which changes nothing about speed). Everything else is as the notebook has it:
-Python per batch in `py_function`, `pad_sequences` (left padding), one-hot inputs and targets, `Masking`,
-softmax outputs with categorical cross-entropy, batch size 8, and a generator that re-runs the whole prefix
-through the model for every character at batch size 1.
+instead of frequency order, which changes nothing about speed). Everything else is as the notebook has it: Python
+per batch in `py_function` (its outputs given the rank Keras 3 requires), `pad_sequences` (left padding), one-hot
+inputs and targets, `Masking`, softmax outputs with categorical cross-entropy, batch size 8, and a generator that
+re-runs the whole prefix through the model for every character at batch size 1.
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ def dataset(titles: list[str], tok: CharTokenizer, batch_size: int = 8) -> tf.da
         return tf.one_hot(z, tok.vocab_size), tf.one_hot(tf.concat([z[:, 1:], eos], axis=1), tok.vocab_size)
 
     def title_batch_fn(x):
-        return tuple(tf.py_function(title_batch, inp=[x], Tout=(tf.float32, tf.float32)))
+        a, b = tf.py_function(title_batch, inp=[x], Tout=(tf.float32, tf.float32))
+        a.set_shape([None, None, tok.vocab_size])  # Keras 3 needs the rank, which Keras 2 did not
+        b.set_shape([None, None, tok.vocab_size])
+        return a, b
 
     return tf.data.Dataset.from_tensor_slices(titles).batch(batch_size).map(title_batch_fn)
 

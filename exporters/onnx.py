@@ -120,18 +120,19 @@ def build_step_graph(w: Weights, metadata: dict[str, str], opset: int = DEFAULT_
         index = g.const(f"layer_{i}", np.int64(i), np.int64)
         prev = {k: g.op("Gather", state[k], index, axis=0, name=f"{k}_{i}") for k in kinds}
         if i:
-            x = g.op("Add", g.op("MatMul", x, g.const(f"kernel_{i}", layer.kernel)), g.const(f"bias_{i}", layer.bias))
-        rec = g.op("MatMul", prev["h"], g.const(f"recurrent_kernel_{i}", layer.recurrent))
+            x = g.op("Gemm", x, g.const(f"kernel_{i}", layer.kernel), g.const(f"bias_{i}", layer.bias))
+        recurrent = g.const(f"recurrent_kernel_{i}", layer.recurrent)
         if w.cell == "lstm":
             sizes = g.const(f"split_{i}", [3 * units, units], np.int64)
-            gates, cand = g.op("Split", g.op("Add", x, rec), sizes, axis=1, outputs=2, name=f"gates_{i}")
+            z = g.op("Gemm", prev["h"], recurrent, x)  # h U + x W + b in one call
+            gates, cand = g.op("Split", z, sizes, axis=1, outputs=2, name=f"gates_{i}")
             in_gate, forget, out_gate = g.op("Split", g.op("Sigmoid", gates), g.const(
                 f"split3_{i}", [units] * 3, np.int64), axis=1, outputs=3, name=f"ifo_{i}")
             c = g.op("Add", g.op("Mul", forget, prev["c"]), g.op("Mul", in_gate, g.op("Tanh", cand)))
             h = g.op("Mul", out_gate, g.op("Tanh", c))
             news["c"].append(c)
         else:
-            rec = g.op("Add", rec, g.const(f"recurrent_bias_{i}", layer.recurrent_bias))
+            rec = g.op("Gemm", prev["h"], recurrent, g.const(f"recurrent_bias_{i}", layer.recurrent_bias))
             sizes = g.const(f"split_{i}", [2 * units, units], np.int64)
             x_zr, x_h = g.op("Split", x, sizes, axis=1, outputs=2, name=f"x_gates_{i}")
             r_zr, r_h = g.op("Split", rec, sizes, axis=1, outputs=2, name=f"r_gates_{i}")
@@ -141,8 +142,7 @@ def build_step_graph(w: Weights, metadata: dict[str, str], opset: int = DEFAULT_
             h = g.op("Add", cand, g.op("Mul", z, g.op("Sub", prev["h"], cand)))  # z*h + (1-z)*cand
         news["h"].append(h)
         x = h
-    output("Add", g.op("MatMul", x, g.const("head_kernel", w.head[0])), g.const("head_bias", w.head[1]),
-           name="logits")
+    output("Gemm", x, g.const("head_kernel", w.head[0]), g.const("head_bias", w.head[1]), name="logits")
     axis0 = g.const("axis0", [0], np.int64)
     for k in kinds:
         if n == 1:

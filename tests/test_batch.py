@@ -53,7 +53,8 @@ def test_top_k_1_is_greedy(tiny_onnx, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"n": 0}, "--n"), ({"max_len": 0}, "--max-len"), ({"top_p": 0.0}, "--top-p"), ({"top_p": 1.5}, "--top-p"),
+    ({"n": 0}, "--n"), ({"max_len": 0}, "--max-len"), ({"batch_size": 0}, "--batch-size"),
+ ({"top_p": 0.0}, "--top-p"), ({"top_p": 1.5}, "--top-p"),
     ({"top_k": -1}, "--top-k"), ({"prompts": ["Ωmega"]}, "'Ω'"), ({"prompts": ["x" * 20], "max_len": 20}, "--max-len"),
 ])
 def test_bad_arguments_write_nothing(tiny_onnx, tmp_path, kwargs, message):

@@ -2,6 +2,7 @@ import pytest
 
 from toolkit.data import Row, in_validation, load_corpus, read_csv, read_rows, texts_of
 from toolkit.files import UsageError
+from toolkit.vocab import BREAK
 
 
 def write(path, text):
@@ -58,8 +59,9 @@ def test_fields_and_explicit_validation_file(tmp_path):
     val = write(tmp_path / "v.txt", "Held out one\nHeld out two\n")
     corpus = load_corpus(str(data), "both", val_source=str(val))
     assert corpus.val == ["Held out one", "Held out two"]
-    assert len(corpus.train) == 100 and "Desc 7" in corpus.train
-    assert texts_of([Row("t", "d")], "description") == ["d"]
+    assert len(corpus.train) == 100 and corpus.train[14:16] == ["Title 7", f"{BREAK}Desc 7"]
+    assert texts_of([Row("t", "d"), Row("u")], "description") == ["d"]
+    assert texts_of([Row("t", "d"), Row("u")], "both") == ["t", f"{BREAK}d", "u"]
 
 
 @pytest.mark.parametrize("source, message", [

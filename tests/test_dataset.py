@@ -1,9 +1,9 @@
 import numpy as np
 
 from toolkit.dataset import make_dataset
-from toolkit.vocab import BOS, EOS, PAD, Vocab
+from toolkit.vocab import BOS, BREAK, EOS, PAD, Vocab
 
-TEXTS = ["short", "a somewhat longer title here", "x", "Woods #39;s back, &lt;b&gt;", "mid length title"]
+TEXTS = ["short", "a somewhat longer title here", "x", "", "Woods #39;s back, &lt;b&gt;", "mid length title"]
 
 
 def batches(texts, **kw):
@@ -50,3 +50,11 @@ def test_shuffle_changes_order_between_epochs_but_not_content():
     (first, rows1), (second, rows2) = epoch(), epoch()
     assert len(first) == len(second) == ds.cardinality().numpy()
     assert any(not np.array_equal(a, b) for a, b in zip(first, second, strict=True)) and rows1 == rows2
+
+
+def test_a_description_continues_a_finished_title():
+    vocab, out = batches([f"{BREAK}cd"], batch_size=1, seq_len=64)
+    (x, y), = out
+    assert BREAK not in vocab.chars
+    assert x[0].tolist() == [EOS, *vocab.encode("cd")]  # <bos> only ever precedes a title
+    assert y[0].tolist() == [*vocab.encode("cd"), EOS]

@@ -39,7 +39,8 @@ def test_the_graph_is_one_gather_then_the_recurrence(tmp_path):
     model = scrambled_model(np.random.default_rng(1), cell="lstm", layers=2, units=8, embedding_dim=4)
     graph = build_step_graph(read_weights(model), {}).graph
     ops = Counter(node.op_type for node in graph.node)
-    assert ops["MatMul"] == 2 + 1 + 1  # recurrent per layer, input of layer 2, output head: none for the embedding
+    assert ops["Gemm"] == 2 + 1 + 1  # recurrent per layer, input of layer 2, output head: none for the embedding
+    assert ops["MatMul"] == 0 and ops["Gather"] == 1 + 2 * 2  # the input table, then h and c of each layer
     table = next(t for t in graph.initializer if t.name == "input_table")
     assert list(table.dims) == [30, 4 * 8]
     assert [i.name for i in graph.input] == ["token", "h", "c"]

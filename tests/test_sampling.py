@@ -52,7 +52,7 @@ def test_greedy_equals_argmax_of_the_allowed_ids():
     logits[:5, PAD] = 100  # a padding id that would win is never chosen
     ids = sample(logits, np.zeros(len(logits)), uniforms(0, np.arange(len(logits)), 0))
     allowed = logits.copy()
-    allowed[:, list(NEVER_SAMPLED)] = -np.inf
+    allowed[:, NEVER_SAMPLED] = -np.inf
     assert (ids == allowed.argmax(axis=1)).all()
 
 
@@ -85,7 +85,7 @@ def test_low_temperature_approaches_greedy():
     by_temp = [agreement(t) for t in (5.0, 1.0, 0.3, 0.1, 0.01)]
     means = [a.mean() for a in by_temp]
     assert means == sorted(means) and means[0] < 0.6 and means[-1] > 0.98
-    allowed = np.sort(np.delete(logits, list(NEVER_SAMPLED), axis=1), axis=1)
+    allowed = np.sort(np.delete(logits, NEVER_SAMPLED, axis=1), axis=1)
     clear = allowed[:, -1] - allowed[:, -2] > 0.2  # at T=0.01 the runner-up has odds below e^-20
     assert (by_temp[-1][clear] == 1).all()
 

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from helpers import ROOT
 
 from toolkit.config import TrainConfig
+from toolkit.files import UsageError
 from toolkit.model import build_model, rnn_layers
 from toolkit.train import read_history, train
 from toolkit.vocab import Vocab
@@ -45,7 +47,10 @@ def test_a_run_has_checkpoints_history_config_and_vocabulary(tiny_run):
 
 
 def test_resume_continues_from_the_last_epoch_and_keeps_the_history(small_csv, tmp_path):
-    config = TrainConfig(data=str(small_csv), units=16, embedding_dim=8, epochs=1, batch_size=32)
+    data = tmp_path / "data.csv"
+    shutil.copyfile(small_csv, data)
+    config = TrainConfig(data=str(data), units=16, embedding_dim=8, epochs=1, batch_size=32)
+    tmp_path = tmp_path / "run"
     logs: list[str] = []
     train(config, tmp_path, verbose=0, log=logs.append)
     first = read_history(tmp_path)
@@ -56,6 +61,10 @@ def test_resume_continues_from_the_last_epoch_and_keeps_the_history(small_csv, t
     resumed = keras.saving.load_model(tmp_path / "last.keras")
     assert int(resumed.optimizer.iterations.numpy()) == 3 * steps  # the optimizer state came back too
     assert json.loads((tmp_path / "config.json").read_text())["config"]["epochs"] == 3
+    with open(data, "a") as f:
+        f.write('"1","A title added since","and its description"\n')
+    with pytest.raises(UsageError, match="differ"):
+        train(config.replace(epochs=4), tmp_path, resume=True, verbose=0)
 
 
 def test_a_killed_run_resumes_losing_only_the_epoch_in_flight(small_csv, tmp_path):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.files import UsageError
+from toolkit.vocab import BREAK
 
 FIELDS = ("title", "description", "both")
 TFDS_SCHEME = "tfds:"
@@ -107,12 +108,16 @@ def in_validation(title: str, fraction: float) -> bool:
 
 
 def texts_of(rows: list[Row], field: str) -> list[str]:
-    """The texts a field selects; `both` gives each row's title and its description as two texts."""
+    """The texts a field selects.
+
+    `both` gives each title, and each description led by BREAK, which trains as `<eos> description <eos>`:
+    a description is what follows a finished title, and every <bos> is followed by a title, as in generation.
+    """
     if field == "title":
         return [r.title for r in rows]
     if field == "description":
         return [r.description for r in rows if r.description]
-    return [t for r in rows for t in (r.title, r.description) if t]
+    return [t for r in rows for t in (r.title, BREAK + r.description if r.description else "") if t]
 
 
 def load_corpus(source: str, field: str = "title", val_fraction: float = 0.1,

@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from toolkit.vocab import BOS, EOS, PAD, SPECIALS, UNK, Vocab
+from toolkit.vocab import BOS, BREAK, EOS, PAD, SPECIALS, UNK, Vocab
 
 
 def make_dataset(texts: list[str], vocab: Vocab, *, batch_size: int, seq_len: int,
                  shuffle_seed: int | None = None) -> tf.data.Dataset:
     """(inputs, targets) batches of `<bos> text <eos>` ids, padded with 0 and grouped by length.
 
+    A text led by BREAK starts with <eos> instead of <bos> (see `toolkit.data.texts_of`).
     Texts longer than `seq_len` are cut into chunks of `seq_len` inputs; the targets are the inputs shifted
     by one. Encoding runs once (cached); shuffling and bucketing run every epoch.
     """
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(
-            tf.constant([ord(ch) for ch in vocab.chars], tf.int32),
-            tf.range(len(SPECIALS), vocab.size, dtype=tf.int32)),
+            tf.constant([ord(ch) for ch in vocab.chars] + [ord(BREAK)], tf.int32),
+            tf.constant([*range(len(SPECIALS), vocab.size), EOS], tf.int32)),
         default_value=UNK)
 
     def encode(text: tf.Tensor) -> tf.Tensor:
         ids = table.lookup(tf.strings.unicode_decode(text, "UTF-8"))
-        return tf.concat([[BOS], ids, [EOS]], axis=0)
+        led = tf.reduce_any(ids[:1] == EOS)  # [:1]: an empty title is a text too
+        start = tf.cond(led, lambda: tf.zeros([0], tf.int32), lambda: tf.constant([BOS]))
+        return tf.concat([start, ids, [EOS]], axis=0)
 
     def chunks(ids: tf.Tensor) -> tf.data.Dataset:
         inputs, targets = ids[:-1], ids[1:]

@@ -38,10 +38,11 @@ class BitsPerChar(keras.metrics.Metric):
         return tf.math.divide_no_nan(self.total, self.count)
 
 
-def build_model(config: TrainConfig, vocab_size: int) -> keras.Model:
+def build_model(config: TrainConfig, vocab_size: int, steps_per_epoch: int = 1) -> keras.Model:
     """The model `train` fits. `embedding_dim=0` gives the notebook's one-hot input (a frozen identity table).
 
     Padding is masked in the loss, not in the RNN: with right padding no real position ever sees a pad.
+    The learning rate decays along a cosine to a tenth of `lr` over `epochs * steps_per_epoch` steps.
     """
     keras.utils.set_random_seed(config.seed)
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
@@ -56,14 +57,11 @@ def build_model(config: TrainConfig, vocab_size: int) -> keras.Model:
             x = keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
     logits = keras.layers.Dense(vocab_size, name="logits")(x)
     model = keras.Model(tokens, logits, name=f"charlm_{config.cell}")
-    compile_model(model, config.lr)
-    return model
-
-
-def compile_model(model: keras.Model, lr: float) -> None:
-    model.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=1.0),
+    schedule = keras.optimizers.schedules.CosineDecay(config.lr, config.epochs * steps_per_epoch, alpha=0.1)
+    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=1.0),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD),
                   metrics=[BitsPerChar()])
+    return model
 
 
 def rnn_layers(model: keras.Model) -> list[keras.layers.Layer]:

@@ -25,7 +25,7 @@ class OnnxStep:
     only the tokens go up and the logits come down.
     """
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int = 0):
+    def __init__(self, path: str | Path, device: str = "auto"):
         import onnxruntime as ort
 
         if device not in DEVICES:
@@ -35,10 +35,8 @@ class OnnxStep:
             raise UsageError(f"model {path} does not exist; export one with `python cli.py export-onnx RUN`")
         ort.set_default_logger_severity(4)  # a CUDA library that fails to load is reported below, in one line
         wanted = [CPU] if device == "cpu" else [CUDA, CPU]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=[
+            self.session = ort.InferenceSession(str(path), providers=[
                 p for p in wanted if p in ort.get_available_providers()])
         except Exception as e:  # onnxruntime raises its own untyped errors for unreadable files
             raise UsageError(f"{path} is not a readable ONNX model ({str(e).splitlines()[0][:200]}); "
@@ -72,7 +70,7 @@ class OnnxStep:
         binding.bind_cpu_input("token", tokens)
         for name, value in zip(self.state_names, state, strict=True):
             binding.bind_ortvalue_input(name, value)
-        binding.bind_output("logits", "cpu")
+        binding.bind_output("logits", "cpu")  # get_outputs() follows the order of binding: logits first
         for name in self.output_names[1:]:
             binding.bind_output(name, "cuda")
         self.session.run_with_iobinding(binding)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 from toolkit.config import TrainConfig, load_run_config, save_run_config
 from toolkit.data import Corpus, load_corpus
 from toolkit.dataset import make_dataset
-from toolkit.files import atomic_path
+from toolkit.files import UsageError, atomic_path
 from toolkit.model import KerasStep, build_model
 from toolkit.sampling import generate
 from toolkit.vocab import Vocab
@@ -94,6 +95,11 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, log: Callable
     out = Path(out)
     corpus = corpus or load_corpus(config.data, config.field, config.val_fraction, config.val_data)
     if resume:
+        _, facts = load_run_config(out)
+        if facts.get("data_fingerprint") != fingerprint(corpus.train):
+            raise UsageError(f"the training texts differ from those {out} was trained on; resume with the same "
+                             "data, or start a new run with --overwrite")
+        save_run_config(out / "config.json", config, **{k: v for k, v in facts.items() if k != "config"})  # epochs
         vocab = Vocab.load(out / "vocab.json")
         model = keras.saving.load_model(out / "last.keras")
         history = read_history(out)
@@ -105,11 +111,8 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, log: Callable
         save_run_config(out / "config.json", config, vocab_size=vocab.size,
                         data_fingerprint=fingerprint(corpus.train),
                         train_texts=len(corpus.train), val_texts=len(corpus.val))
-        model = build_model(config, vocab.size)
+        model = None  # built once the steps per epoch are known (the learning-rate schedule needs them)
         history = []
-    if resume:  # --epochs may have grown
-        _, saved = load_run_config(out)
-        save_run_config(out / "config.json", config, **{k: v for k, v in saved.items() if k != "config"})
     done = len(history)
     if done >= config.epochs:
         log(f"{out} already completed {done} of {config.epochs} epochs; pass a larger --epochs to go on")
@@ -118,7 +121,10 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, log: Callable
     train_ds = make_dataset(corpus.train, vocab, batch_size=config.batch_size, seq_len=config.seq_len,
                             shuffle_seed=config.seed + done)
     val_ds = make_dataset(corpus.val, vocab, batch_size=256, seq_len=config.seq_len)
+    model = model or build_model(config, vocab.size, steps_per_epoch=int(train_ds.cardinality()))
     chars = sum(map(len, corpus.train)) + len(corpus.train)  # each text predicts its characters and <eos>
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2  # a bar on a terminal, a line per epoch in a log
     # Our own progress bar ahead of the samples, so that an epoch's line is complete before they print.
     progress = [keras.callbacks.ProgbarLogger()] if verbose else []
     model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=done, verbose=verbose,

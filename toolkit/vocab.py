@@ -14,6 +14,7 @@ from toolkit.files import UsageError, write_text
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
+BREAK = "\x1e"  # leads a training text that continues a finished title: it starts with <eos>, not <bos>
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Vocab:
         seen: set[str] = set()
         for text in texts:
             seen.update(text)
+        seen.discard(BREAK)
         return cls(tuple(sorted(seen)))
 
     @property
