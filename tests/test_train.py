@@ -12,6 +12,7 @@ import pytest
 from helpers import ROOT
 
 from toolkit.config import TrainConfig
+from toolkit.data import in_validation
 from toolkit.files import UsageError
 from toolkit.model import build_model, rnn_layers
 from toolkit.train import read_history, train
@@ -61,8 +62,9 @@ def test_resume_continues_from_the_last_epoch_and_keeps_the_history(small_csv, t
     resumed = keras.saving.load_model(tmp_path / "last.keras")
     assert int(resumed.optimizer.iterations.numpy()) == 3 * steps  # the optimizer state came back too
     assert json.loads((tmp_path / "config.json").read_text())["config"]["epochs"] == 3
+    added = next(t for t in (f"A title added since {i}" for i in range(100)) if not in_validation(t, 0.1))
     with open(data, "a") as f:
-        f.write('"1","A title added since","and its description"\n')
+        f.write(f'"1","{added}","and its description"\n')
     with pytest.raises(UsageError, match="differ"):
         train(config.replace(epochs=4), tmp_path, resume=True, verbose=0)
 
