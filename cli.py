@@ -170,9 +170,9 @@ def pipeline(
     run_dir, report_dir = Path("runs") / name, Path("reports") / name
     flags = dict(data=data, field=field, epochs=epochs, cell=cell, layers=layers, units=units,
                  embedding_dim=embedding_dim, seed=seed)
-    from toolkit.batch import parse_temperatures
+    from toolkit.batch import check_arguments, parse_temperatures
 
-    parse_temperatures(temps)  # refuse bad input before an hour of training
+    check_arguments(n=n, temps=parse_temperatures(temps), device=device)  # refuse bad input before training
     typer.echo(f"[1/4] train -> {run_dir}")
     train(out=run_dir, overwrite=overwrite, **flags)
     typer.echo(f"[2/4] export-onnx -> {run_dir / 'model.onnx'}")

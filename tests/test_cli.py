@@ -106,3 +106,11 @@ def test_sample_batch_bad_models_and_outputs(tiny_onnx, tmp_path):
     (tmp_path / "file").write_text("")
     assert_usage_error(run_cli("sample-batch", "--model", tiny_onnx, "--out", tmp_path / "file" / "s"),
                        "cannot write")
+
+
+@pytest.mark.parametrize("args, words", [(["--temps", "x"], ["--temps"]), (["--n", "0"], ["--n"]),
+                                         (["--device", "gpu"], ["--device"])])
+def test_pipeline_refuses_bad_sampling_input_before_training(small_csv, tmp_path, args, words):
+    result = run_cli("pipeline", "--data", small_csv, "--name", "x", *args, cwd=tmp_path)
+    assert_usage_error(result, *words)
+    assert not (tmp_path / "runs").exists()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.files import UsageError, atomic_path, write_text
-from toolkit.runtime import OnnxStep
+from toolkit.runtime import OnnxStep, check_device
 from toolkit.sampling import generate
 
 COLUMNS = ("sample_id", "temperature", "prompt", "text", "length", "finished", "seed")
@@ -34,6 +34,21 @@ def parse_temperatures(text: str) -> list[float]:
     if any(not math.isfinite(t) or t < 0 for t in temps):
         raise UsageError(f"--temps {text!r} has a negative or infinite temperature; use 0 (greedy) or more")
     return temps
+
+
+def check_arguments(*, n: int, temps: Sequence[float], max_len: int = 128, batch_size: int | None = None,
+                    top_k: int = 0, top_p: float = 1.0, device: str = "auto") -> None:
+    """Refuse bad sampling arguments before any work (`pipeline` calls this before it trains)."""
+    for name, value in (("--n", n), ("--max-len", max_len), ("--batch-size", batch_size)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{name} must be a positive integer, not {value}")
+    if top_k < 0:
+        raise UsageError(f"--top-k must be 0 (off) or positive, not {top_k}")
+    if not 0 < top_p <= 1:
+        raise UsageError(f"--top-p must lie in (0, 1], not {top_p}")
+    if not temps:
+        raise UsageError("no temperatures given; e.g. --temps 0.3,1.0,1.8")
+    check_device(device)
 
 
 @dataclass(frozen=True)
@@ -67,15 +82,8 @@ def sample_batch(model: Path, out: Path, *, n: int, temps: Sequence[float], prom
     a chunk is 1,024 rows on CPU (its gates stay in cache) and 65,536 on CUDA (a GPU needs wide steps).
     `progress(rows_done, characters_done)` is called after each chunk.
     """
-    for name, value in (("--n", n), ("--max-len", max_len), ("--batch-size", batch_size)):
-        if value is not None and value <= 0:
-            raise UsageError(f"{name} must be a positive integer, not {value}")
-    if top_k < 0:
-        raise UsageError(f"--top-k must be 0 (off) or positive, not {top_k}")
-    if not 0 < top_p <= 1:
-        raise UsageError(f"--top-p must lie in (0, 1], not {top_p}")
-    if not temps:
-        raise UsageError("no temperatures given; e.g. --temps 0.3,1.0,1.8")
+    check_arguments(n=n, temps=temps, max_len=max_len, batch_size=batch_size, top_k=top_k, top_p=top_p,
+                    device=device)
     step = step or OnnxStep(model, device)
     batch_size = batch_size or (65_536 if step.on_gpu else 1024)
     prompts = list(prompts) or [""]

@@ -18,6 +18,11 @@ DEVICES = ("auto", "cuda", "cpu")
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 
+def check_device(device: str) -> None:
+    if device not in DEVICES:
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
+
+
 class OnnxStep:
     """A self-describing `.onnx` step model: (token, h[, c]) -> (logits, h_out[, c_out]).
 
@@ -28,8 +33,7 @@ class OnnxStep:
     def __init__(self, path: str | Path, device: str = "auto"):
         import onnxruntime as ort
 
-        if device not in DEVICES:
-            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
+        check_device(device)
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"model {path} does not exist; export one with `python cli.py export-onnx RUN`")
