@@ -84,3 +84,12 @@ def test_tfds_source_reads_both_splits():
         rows, val = read_rows("tfds:ag_news_subset")
     assert len(rows) == 12 and len(val) == 12
     assert all(isinstance(r.title, str) and isinstance(r.description, str) for r in rows)
+
+
+def test_the_real_tfds_builder_loads_without_downloading(tmp_path):
+    """What `tfds.load` does before its download: the builder, its features and its code path (which needs
+    importlib_resources, a module TFDS imports but does not install)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    builder = tfds.builder("ag_news_subset", data_dir=str(tmp_path))
+    assert {"title", "description"} <= set(builder.info.features)
+    assert builder.code_path.name.startswith("ag_news_subset")
