@@ -34,8 +34,8 @@ PANELS = {
 }
 REFERENCE_STYLE = "background:#eef3fb;font-weight:600"
 LINE_STYLES = ("-", "--", "-.", (0, (1, 1)))  # one per run in a comparison; colours tell the metrics apart
-CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:75em;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1em}th,td{padding:.2em .6em;border-bottom:1px solid #ddd}
+CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:92em;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:12.5px}th,td{padding:.2em .45em;border-bottom:1px solid #ddd}
 td{text-align:right}td:first-child,th:first-child,.facts td{text-align:left}
 dl{display:grid;grid-template-columns:max-content auto;gap:.1em 1em;font-size:90%}dt{font-family:monospace}
 dd{margin:0}.samples li{font-family:monospace;white-space:pre-wrap}.muted{color:#888}svg{max-width:100%;height:auto}"""
@@ -115,7 +115,7 @@ def score(sample_dir: Path, train_data: str | None = None, name: str | None = No
 def write_report(sample_dir: Path, train_data: str | None = None) -> tuple[Path, Path]:
     """Score one sample directory; writes metrics.csv and report.html into it and returns their paths."""
     run = score(sample_dir, train_data)
-    body = [_facts_html([run]), _metrics_html(run.table), _plot_svg([run]), _samples_html(run.samples)]
+    body = [_metrics_html(run.table), _plot_svg([run]), _samples_html(run.samples), _facts_html([run])]
     return _write(Path(sample_dir), run.table, _page(f"Samples: {run.name}", body))
 
 
@@ -133,7 +133,7 @@ def write_comparison(sample_dirs: Sequence[Path], out: Path, train_data: str | N
         names = [str(d) for d in dirs]
     runs = [score(d, train_data, name) for d, name in zip(dirs, names, strict=True)]
     table = pd.concat([r.table.assign(run=r.name)[["run", *r.table.columns]] for r in runs], ignore_index=True)
-    body = [_facts_html(runs), _metrics_html(table), _plot_svg(runs)]
+    body = [_metrics_html(table), _plot_svg(runs), _facts_html(runs)]
     return _write(Path(out), table, _page(f"Comparison: {', '.join(names)}", body))
 
 
