@@ -58,3 +58,11 @@ def test_a_description_continues_a_finished_title():
     assert BREAK not in vocab.chars
     assert x[0].tolist() == [EOS, *vocab.encode("cd")]  # <bos> only ever precedes a title
     assert y[0].tolist() == [*vocab.encode("cd"), EOS]
+
+
+def test_predicted_characters_count_every_target_once():
+    from toolkit.train import predicted_characters
+
+    texts = ["Ab", f"{BREAK}cde", "x"]
+    vocab, out = batches(texts, batch_size=4, seq_len=64)
+    assert predicted_characters(texts) == sum(int((y != PAD).sum()) for _, y in out) == 3 + 4 + 2

@@ -19,7 +19,7 @@ from toolkit.dataset import make_dataset
 from toolkit.files import UsageError, atomic_path
 from toolkit.model import KerasStep, build_model
 from toolkit.sampling import generate
-from toolkit.vocab import Vocab
+from toolkit.vocab import BREAK, Vocab
 
 HISTORY_COLUMNS = ("epoch", "loss", "bpc", "val_loss", "val_bpc", "seconds", "chars_per_second")
 EPOCH_SAMPLE_TEMPS = (0.3, 1.0, 1.8)
@@ -31,6 +31,11 @@ def fingerprint(texts: list[str]) -> str:
     for text in texts:
         h.update(text.encode("utf-8") + b"\n")
     return h.hexdigest()[:16]
+
+
+def predicted_characters(texts: list[str]) -> int:
+    """Targets per epoch: each text's characters and its <eos>; a leading BREAK is an input, not a target."""
+    return sum(len(t.removeprefix(BREAK)) + 1 for t in texts)
 
 
 def read_history(out: Path) -> list[dict[str, float]]:
@@ -122,7 +127,7 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, log: Callable
                             shuffle_seed=config.seed + done)
     val_ds = make_dataset(corpus.val, vocab, batch_size=256, seq_len=config.seq_len)
     model = model or build_model(config, vocab.size, steps_per_epoch=int(train_ds.cardinality()))
-    chars = sum(map(len, corpus.train)) + len(corpus.train)  # each text predicts its characters and <eos>
+    chars = predicted_characters(corpus.train)
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2  # a bar on a terminal, a line per epoch in a log
     # Our own progress bar ahead of the samples, so that an epoch's line is complete before they print.
