@@ -16,6 +16,7 @@ import typer
 
 from toolkit.config import TrainConfig
 from toolkit.files import UsageError
+from toolkit.sampling.processors import InvalidParameter
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter; errors still raise
 
@@ -24,6 +25,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                        "and score the samples.")
 
 D = TrainConfig()  # the defaults, shown in --help
+FLAGS = {"temperatures": "--temps", "prompts": "--prompt"}  # library parameters whose flag has another name
 
 
 @app.callback()
@@ -102,33 +104,49 @@ def export_onnx(
 def sample_batch(
     model: Annotated[Path, typer.Option(help="Exported .onnx file.")] = Path("runs/default/model.onnx"),
     n: Annotated[int, typer.Option(help="Samples per temperature.")] = 1000,
-    temps: Annotated[str, typer.Option(help="Comma-separated temperatures; 0 is greedy.")] = "0.3,1.0,1.8",
-    out: Annotated[Path, typer.Option(help="Directory for samples.csv, run.json and the reports.")] = Path(
+    temps: Annotated[str, typer.Option(help="Temperatures: a comma-separated list, or start:stop:step for a sweep "
+                                             "(0 is greedy).")] = "0.3,1.0,1.8",
+    out: Annotated[Path, typer.Option(help="Directory for the samples, run.json and the reports.")] = Path(
         "reports/default"),
     prompt: Annotated[list[str] | None, typer.Option(help="Start every sample with this text (repeatable: "
                                                           "samples cycle through the prompts).")] = None,
-    max_len: Annotated[int, typer.Option(help="Longest title, in characters.")] = 128,
+    max_len: Annotated[int, typer.Option(help="Longest sample, in characters, prompt included.")] = 128,
     batch_size: Annotated[int | None, typer.Option(help="Rows per chunk; bounds memory for any --n. "
                                                         "[default: 1024 on CPU, 65536 on CUDA]")] = None,
     top_k: Annotated[int, typer.Option(help="Sample from the k likeliest characters only; 0 is off.")] = 0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling: smallest set with this much probability.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Same seed, same samples (on the same provider).")] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling: the smallest set with this much probability; "
+                                              "1 is off.")] = 1.0,
+    min_p: Annotated[float, typer.Option(help="Drop characters less likely than this times the likeliest; "
+                                              "0 is off.")] = 0.0,
+    presence_penalty: Annotated[float, typer.Option(help="Subtract this from the logit of every character the "
+                                                         "sample already drew (-2 to 2).")] = 0.0,
+    frequency_penalty: Annotated[float, typer.Option(help="Subtract this times the number of times the sample "
+                                                          "drew a character (-2 to 2).")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Same seed, same samples, whatever --batch-size.")] = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA when it really works), cuda or cpu.")] = "auto",
+    tf32: Annotated[bool, typer.Option(help="Allow TF32 matrix products on CUDA: faster, logits within ~1e-2 "
+                                            "of CPU instead of ~1e-5.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet (for millions of rows).")] = "csv",
     report: Annotated[bool, typer.Option(help="Also write metrics.csv and report.html.")] = True,
     train_data: Annotated[str | None, typer.Option(help="Training titles for novelty, instead of the run's.")] = None,
 ) -> None:
-    """Sample N titles at each temperature, all in one batch, on onnxruntime; writes samples.csv and run.json."""
-    from toolkit.batch import parse_temperatures
-    from toolkit.batch import sample_batch as run_batch
+    """Sample N texts at each temperature, all in one batch, on onnxruntime; writes samples, run.json and reports."""
+    from toolkit.sampling.config import parse_temperatures, sampling_config
 
-    temperatures = parse_temperatures(temps)
-    run = run_batch(model, out, n=n, temps=temperatures, prompts=prompt or (), max_len=max_len,
-                    batch_size=batch_size, top_k=top_k, top_p=top_p, seed=seed, device=device,
-                    progress=_progress_bar(n * len(temperatures)))
-    typer.echo(f"{run.provider}: {run.rows:,} samples, {run.characters:,} characters in {run.seconds:.2f} s "
-               f"({run.chars_per_second:,.0f} characters/s) -> {out / 'samples.csv'}")
+    config = sampling_config(parse_temperatures(temps), n, tuple(prompt or ()), max_len, seed, top_k=top_k,
+                             top_p=top_p, min_p=min_p, presence_penalty=presence_penalty,
+                             frequency_penalty=frequency_penalty)
+    _sample(model, out, config, device=device, batch_size=batch_size, tf32=tf32, fmt=fmt)
     if report:
         _report([out], None, train_data)
+
+
+def _sample(model: Path, out: Path, config, **options) -> None:
+    from toolkit.sampling.batch import sample_batch as run_batch
+
+    run = run_batch(model, out, config, progress=_progress_bar(config.rows), **options)
+    typer.echo(f"{run.provider}: {run.rows:,} samples, {run.characters:,} characters in {run.seconds:.2f} s "
+               f"({run.chars_per_second:,.0f} characters/s) -> {out / f'samples.{run.format}'}")
 
 
 @app.command()
@@ -161,7 +179,7 @@ def pipeline(
     units: Annotated[int | None, _opt("Units per recurrent layer.", D.units)] = None,
     embedding_dim: Annotated[int | None, _opt("Embedding size; 0 for one-hot.", D.embedding_dim)] = None,
     n: Annotated[int, typer.Option(help="Samples per temperature.")] = 1000,
-    temps: Annotated[str, typer.Option(help="Comma-separated temperatures.")] = "0.3,1.0,1.8",
+    temps: Annotated[str, typer.Option(help="Temperatures, as for `sample-batch --temps`.")] = "0.3,1.0,1.8",
     seed: Annotated[int, typer.Option(help="Seed of training and sampling.")] = 0,
     device: Annotated[str, typer.Option(help="Sampling device: auto, cuda or cpu.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace runs/NAME if it exists.")] = False,
@@ -170,16 +188,17 @@ def pipeline(
     run_dir, report_dir = Path("runs") / name, Path("reports") / name
     flags = dict(data=data, field=field, epochs=epochs, cell=cell, layers=layers, units=units,
                  embedding_dim=embedding_dim, seed=seed)
-    from toolkit.batch import check_arguments, parse_temperatures
+    from toolkit.sampling.config import parse_temperatures, sampling_config
+    from toolkit.sampling.runtime import check_device
 
-    check_arguments(n=n, temps=parse_temperatures(temps), device=device)  # refuse bad input before training
+    config = sampling_config(parse_temperatures(temps), n, seed=seed)  # refuse bad input before training
+    check_device(device)
     typer.echo(f"[1/4] train -> {run_dir}")
     train(out=run_dir, overwrite=overwrite, **flags)
     typer.echo(f"[2/4] export-onnx -> {run_dir / 'model.onnx'}")
     export_onnx(run_dir)
     typer.echo(f"[3/4] sample-batch -> {report_dir}")
-    sample_batch(model=run_dir / "model.onnx", n=n, temps=temps, out=report_dir, seed=seed, device=device,
-                 report=False)
+    _sample(run_dir / "model.onnx", report_dir, config, device=device)
     typer.echo(f"[4/4] report -> {report_dir / 'report.html'}")
     _report([report_dir], None, None)
 
@@ -206,6 +225,10 @@ def main() -> None:
     except typer.TyperException as e:  # click's parse errors (typer vendors click)
         hint = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) else ""
         typer.echo(f"error: {e.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except InvalidParameter as e:  # the library names its parameter; the user knows the flag
+        flag = FLAGS.get(e.parameter, "--" + e.parameter.replace("_", "-"))
+        typer.echo(f"error: {flag} {e.requirement}, not {e.value!r}", err=True)
         sys.exit(2)
     except UsageError as e:
         typer.echo(f"error: {e}", err=True)

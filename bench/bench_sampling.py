@@ -1,143 +1,88 @@
-"""Sampling speed, in one run, for each trained run given: characters per second of
+"""Sampling speed on CPU, this checkout against a baseline checkout (e.g. main before a change), side by side:
 
-1. the notebook's `generate_soft` (Keras, the whole prefix re-run for each character, batch 1), on a few samples;
-2. the same batched algorithm as ours on TensorFlow (a `tf.function` step with the state carried);
-3. this toolkit's sampler on onnxruntime CPU (`sample-batch`, CSV included);
-4. the ceiling: a step's floating-point work divided by numpy's float32 matmul throughput at that shape.
+each round runs `cli.py sample-batch` of the baseline, then of this checkout, on the same model and settings, as a
+user would (CSV written, no report); the figure is the characters per second each command prints in its run.json
+(the sampling loop with decoding and writing, without interpreter start-up). Rounds alternate so that a shared
+machine's drift hits both alike; the ratio is taken per round and its median reported. The notebook's loop
+(Keras, the whole prefix per character, batch 1) is timed once per model for scale, when TensorFlow is there.
 
-A breakdown of the onnxruntime run (model step, sampling, the rest) says where the time goes.
-
-    python bench/bench_sampling.py --run runs/notebook --run runs/default
+    git worktree add /tmp/baseline 1dfa1fa          # the sampler before the engine
+    python bench/bench_sampling.py --baseline /tmp/baseline --run runs/notebook --run runs/default
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import keras  # noqa: E402
-import notebook  # noqa: E402
-import numpy as np  # noqa: E402
-
-import toolkit.model  # noqa: E402
-import toolkit.sampling as sampling  # noqa: E402
-from toolkit.batch import parse_temperatures, sample_batch  # noqa: E402
-from toolkit.runtime import OnnxStep  # noqa: E402
-from toolkit.vocab import BOS, EOS  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def step_flops(step: OnnxStep) -> int:
-    """Multiply-adds x 2 of one step for one row: recurrent and input matmuls and the output head."""
-    gates = 4 if step.metadata["cell"] == "lstm" else 3
-    u, v = step.units, step.vocab.size
-    return 2 * (u * gates * u * step.layers + u * gates * u * (step.layers - 1) + u * v)
-
-
-def matmul_ceiling(rows: int, step: OnnxStep, seconds: float = 2.0) -> float:
-    """Characters per second if a step cost only its matmuls at numpy's measured float32 throughput."""
-    gates = 4 if step.metadata["cell"] == "lstm" else 3
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((rows, step.units), np.float32)
-    b = rng.standard_normal((step.units, gates * step.units), np.float32)
-    a @ b
-    reps, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        a @ b
-        reps += 1
-    flops_per_second = 2 * rows * step.units * gates * step.units * reps / (time.perf_counter() - started)
-    return flops_per_second / step_flops(step)
-
-
-class Timed:
-    """Wraps a step to add up the time spent in it."""
-
-    def __init__(self, step):
-        self.step, self.seconds = step, 0.0
-
-    def initial_state(self, rows):
-        return self.step.initial_state(rows)
-
-    def __call__(self, tokens, state):
-        started = time.perf_counter()
-        out = self.step(tokens, state)
-        self.seconds += time.perf_counter() - started
-        return out
-
-    def select(self, state, rows):
-        return self.step.select(state, rows)
-
-    def __getattr__(self, name):
-        return getattr(self.step, name)
-
-
-def bench_run(run: Path, n: int, temps: list[float], notebook_samples: int, repeats: int) -> dict[str, float]:
-    onnx_step = OnnxStep(run / "model.onnx", device="cpu")
-    model = keras.saving.load_model(run / "best.keras", compile=False)
-    rows = n * len(temps)
-    row_temps = np.repeat(np.float32(temps), n)
-    print(f"\n== {run}: {onnx_step.metadata['cell']} {onnx_step.layers}x{onnx_step.units}, "
-          f"vocabulary {onnx_step.vocab.size}, {rows:,} rows", flush=True)
-
-    rng, chars, started = np.random.default_rng(0), 0, time.perf_counter()
-    for i in range(notebook_samples):
-        chars += len(notebook.generate_soft(model, [BOS], EOS, size=100, temperature=temps[i % len(temps)],
-                                            rng=rng)) - 1
-    nb = chars / (time.perf_counter() - started)
-    print(f"notebook generate_soft:   {nb:12,.1f} chars/s ({notebook_samples} samples)", flush=True)
-
-    keras_step = toolkit.model.KerasStep(model)
-    sampling.generate(keras_step, row_temps[:64], [[]] * 64, max_len=8, seed=0)  # trace
-    tf_rate = 0.0
-    for _ in range(repeats):
-        started = time.perf_counter()
-        batch = sampling.generate(keras_step, row_temps, [[]] * rows, max_len=128, seed=0)
-        tf_rate = max(tf_rate, int((batch.ids != 0).sum()) / (time.perf_counter() - started))
-    print(f"TensorFlow batched:       {tf_rate:12,.0f} chars/s (best of {repeats})", flush=True)
-
-    timed, draw = Timed(onnx_step), sampling.sample
-    sample_seconds = [0.0]
-
-    def timed_sample(*args, **kwargs):
-        started = time.perf_counter()
-        out = draw(*args, **kwargs)
-        sample_seconds[0] += time.perf_counter() - started
-        return out
-
+def command_rate(checkout: Path, model: Path, n: int, temps: str, extra: list[str]) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        sample_batch(run / "model.onnx", Path(tmp), n=16, temps=temps, step=onnx_step)  # warm up
-        ort = max(sample_batch(run / "model.onnx", Path(tmp), n=n, temps=temps, step=onnx_step).chars_per_second
-                  for _ in range(repeats))
-        sampling.sample = timed_sample
-        try:
-            profiled = sample_batch(run / "model.onnx", Path(tmp), n=n, temps=temps, step=timed)
-        finally:
-            sampling.sample = draw
-    print(f"onnxruntime CPU sampler:  {ort:12,.0f} chars/s (best of {repeats}; a profiled run spent "
-          f"{timed.seconds / profiled.seconds:.0%} in the step, {sample_seconds[0] / profiled.seconds:.0%} sampling, "
-          f"{1 - (timed.seconds + sample_seconds[0]) / profiled.seconds:.0%} in the rest)", flush=True)
-    ceiling = matmul_ceiling(rows, onnx_step)
-    print(f"matmul ceiling:           {ceiling:12,.0f} chars/s ({step_flops(onnx_step) / 1e3:.0f} kFLOP/char)")
-    print(f"ratios: {ort / nb:,.0f}x the notebook loop, {ort / tf_rate:.1f}x TensorFlow batched, "
-          f"{ort / ceiling:.0%} of the matmul ceiling", flush=True)
-    return {"notebook": nb, "tensorflow": tf_rate, "onnxruntime": ort, "ceiling": ceiling}
+        subprocess.run([sys.executable, str(checkout / "cli.py"), "sample-batch", "--model", str(model), "--n", str(n),
+                        "--temps", temps, "--device", "cpu", "--no-report", "--out", tmp, *extra], check=True,
+                       capture_output=True, text=True, cwd=checkout)
+        return json.loads((Path(tmp) / "run.json").read_text())["chars_per_second"]
+
+
+def notebook_rate(run: Path, samples: int) -> float | None:
+    """The notebook's generate_soft on the run's Keras model, or None without TensorFlow."""
+    try:
+        import keras
+
+        sys.path.insert(0, str(ROOT / "bench"))
+        sys.path.insert(0, str(ROOT))
+        import notebook
+
+        import toolkit.model  # noqa: F401  registers the metric the checkpoint names
+        from toolkit.vocab import BOS, EOS
+    except ImportError:
+        return None
+    import numpy as np
+
+    model = keras.saving.load_model(run / "best.keras", compile=False)
+    rng, chars, started = np.random.default_rng(0), 0, time.perf_counter()
+    for i in range(samples):
+        chars += len(notebook.generate_soft(model, [BOS], EOS, size=100, temperature=(0.3, 1.0, 1.8)[i % 3],
+                                            rng=rng)) - 1
+    return chars / (time.perf_counter() - started)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, action="append", required=True,
-                        help="run directory with best.keras and model.onnx (repeatable)")
-    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--baseline", type=Path, required=True, help="a checkout whose cli.py is the baseline")
+    parser.add_argument("--run", type=Path, action="append", required=True, help="run directory with model.onnx")
+    parser.add_argument("--n", type=int, default=10_000, help="samples per temperature")
     parser.add_argument("--temps", default="0.3,1.0,1.8")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--notebook-samples", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (shared, noisy machines)")
+    parser.add_argument("--extra", default="", help="more sample-batch flags for both, e.g. '--top-p 0.9'")
     args = parser.parse_args()
     for run in args.run:
-        bench_run(run, args.n, parse_temperatures(args.temps), args.notebook_samples, args.repeats)
+        model = run / "model.onnx"
+        base, ours = [], []
+        for _ in range(args.rounds):
+            base.append(command_rate(args.baseline, model, args.n, args.temps, args.extra.split()))
+            ours.append(command_rate(ROOT, model, args.n, args.temps, args.extra.split()))
+        ratios = [o / b for o, b in zip(ours, base, strict=True)]
+        print(f"== {run}: n={args.n:,} x {args.temps}, {args.rounds} alternating rounds {args.extra}")
+        print(f"baseline ({args.baseline}): median {statistics.median(base):12,.0f} chars/s  "
+              f"(min {min(base):,.0f}, max {max(base):,.0f})")
+        print(f"this checkout:             median {statistics.median(ours):12,.0f} chars/s  "
+              f"(min {min(ours):,.0f}, max {max(ours):,.0f})")
+        print(f"ratio this / baseline:     median {statistics.median(ratios):.2f}  "
+              f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})")
+        nb = notebook_rate(run, args.notebook_samples) if args.notebook_samples else None
+        if nb:
+            print(f"notebook generate_soft:    {nb:12,.1f} chars/s -> this checkout is "
+                  f"{statistics.median(ours) / nb:,.0f}x the notebook loop", flush=True)
 
 
 if __name__ == "__main__":

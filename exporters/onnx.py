@@ -14,11 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from toolkit.config import load_run_config
 from toolkit.files import UsageError, atomic_path, write_text
+from toolkit.sampling import contract
+from toolkit.sampling.graph import Graph
 from toolkit.vocab import BOS, SPECIALS, Vocab
+
+REFERENCE_FILE = "reference.json.xz"  # written by `train`: the titles a report compares samples with
 
 TOLERANCE = 1e-4  # float32: largest |logit difference| Keras vs onnxruntime over the check sequence
 TOLERANCE_FP16 = 5e-2  # half precision: see docs/benchmarks.md ("fp16 export") for why
@@ -74,30 +78,11 @@ def read_weights(model) -> Weights:
     return Weights(cell, embedding, layers, head)
 
 
-class _Graph:
-    """A tiny builder: each call adds a node and returns its output name."""
-
-    def __init__(self, dtype: np.dtype):
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self.dtype = dtype
-
-    def const(self, name: str, value: np.ndarray, dtype: np.dtype | None = None) -> str:
-        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype or self.dtype), name))
-        return name
-
-    def op(self, op: str, *inputs: str, outputs: int = 1, name: str | None = None, **attrs) -> str | list[str]:
-        base = name or f"{op.lower()}_{len(self.nodes)}"
-        names = [base] if outputs == 1 else [f"{base}_{i}" for i in range(outputs)]
-        self.nodes.append(helper.make_node(op, list(inputs), names, name=base, **attrs))
-        return names[0] if outputs == 1 else names
-
-
 def build_step_graph(w: Weights, metadata: dict[str, str], opset: int = DEFAULT_OPSET,
                      fp16: bool = False) -> onnx.ModelProto:
     """The single-step model. Inputs and outputs are float32 at the boundary, whatever the weights are."""
     dtype = np.float16 if fp16 else np.float32
-    g, units, n = _Graph(dtype), w.units, len(w.layers)
+    g, units, n = Graph(dtype, opset), w.units, len(w.layers)
     tensor = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
 
     def boundary_in(name: str) -> str:
@@ -110,11 +95,11 @@ def build_step_graph(w: Weights, metadata: dict[str, str], opset: int = DEFAULT_
         else:
             g.op(op, *inputs, name=name, **attrs)
 
-    kinds = ("h", "c") if w.cell == "lstm" else ("h",)
+    kinds = contract.STATES[w.cell]
     state = {k: boundary_in(k) for k in kinds}
     first = w.layers[0]
     table = g.const("input_table", w.embedding @ first.kernel + first.bias)  # embedding, projection, bias
-    x = g.op("Gather", table, "token", axis=0, name="input_projection")
+    x = g.op("Gather", table, contract.TOKEN, axis=0, name="input_projection")
     news: dict[str, list[str]] = {k: [] for k in kinds}
     for i, layer in enumerate(w.layers):
         index = g.const(f"layer_{i}", np.int64(i), np.int64)
@@ -142,22 +127,22 @@ def build_step_graph(w: Weights, metadata: dict[str, str], opset: int = DEFAULT_
             h = g.op("Add", cand, g.op("Mul", z, g.op("Sub", prev["h"], cand)))  # z*h + (1-z)*cand
         news["h"].append(h)
         x = h
-    output("Gemm", x, g.const("head_kernel", w.head[0]), g.const("head_bias", w.head[1]), name="logits")
+    output("Gemm", x, g.const("head_kernel", w.head[0]), g.const("head_bias", w.head[1]), name=contract.LOGITS)
     axis0 = g.const("axis0", [0], np.int64)
     for k in kinds:
         if n == 1:
-            output("Unsqueeze", news[k][0], axis0, name=f"{k}_out")
+            output("Unsqueeze", news[k][0], axis0, name=contract.out(k))
         else:
-            output("Concat", *(g.op("Unsqueeze", v, axis0) for v in news[k]), axis=0, name=f"{k}_out")
+            output("Concat", *(g.op("Unsqueeze", v, axis0) for v in news[k]), axis=0, name=contract.out(k))
 
     vocab_size = w.embedding.shape[0]
     state_shape = [n, "batch", units]
     graph = helper.make_graph(
         g.nodes, f"charlm_{w.cell}_step", [
-            helper.make_tensor_value_info("token", TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info(contract.TOKEN, TensorProto.INT64, ["batch"]),
             *(helper.make_tensor_value_info(k, TensorProto.FLOAT, state_shape) for k in kinds)],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", vocab_size]),
-         *(helper.make_tensor_value_info(f"{k}_out", TensorProto.FLOAT, state_shape) for k in kinds)],
+        [helper.make_tensor_value_info(contract.LOGITS, TensorProto.FLOAT, ["batch", vocab_size]),
+         *(helper.make_tensor_value_info(contract.out(k), TensorProto.FLOAT, state_shape) for k in kinds)],
         g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="charlm",
                               doc_string="One step of a character-level title generator. Feed <bos> first.")
@@ -169,7 +154,7 @@ def build_step_graph(w: Weights, metadata: dict[str, str], opset: int = DEFAULT_
 
 def max_logit_difference(model, onnx_path: Path, vocab_size: int, seed: int = 0) -> float:
     """Run one token sequence through Keras (whole sequence) and onnxruntime (step by step, state carried)."""
-    from toolkit.runtime import OnnxStep
+    from toolkit.sampling.runtime import OnnxStep
 
     rng = np.random.default_rng(seed)
     tokens = rng.integers(len(SPECIALS), vocab_size, size=(CHECK_BATCH, CHECK_STEPS))
@@ -221,13 +206,11 @@ def export(run_dir: Path, out: Path | None = None, checkpoint: str = "best", ops
     if weights.embedding.shape[0] != vocab.size:
         raise UsageError(f"{ckpt} has {weights.embedding.shape[0]} ids but vocab.json has {vocab.size}; "
                          "the run is inconsistent")
-    metadata = {
-        "vocab": vocab.to_json(), "cell": weights.cell, "layers": str(len(weights.layers)),
-        "units": str(weights.units), "specials": json.dumps(dict(zip(SPECIALS, range(len(SPECIALS)), strict=True))),
-        "data_fingerprint": facts.get("data_fingerprint", ""), "config": json.dumps(config.to_dict()),
-        "checkpoint": checkpoint, "precision": "float16" if fp16 else "float32",
-    }
-    graph = build_step_graph(weights, metadata, opset, fp16)
+    reference = run_dir / REFERENCE_FILE
+    spec = contract.StepSpec(weights.cell, len(weights.layers), weights.units, vocab, config.to_dict(),
+                             facts.get("data_fingerprint", ""), "float16" if fp16 else "float32",
+                             reference.read_bytes() if reference.is_file() else None)
+    graph = build_step_graph(weights, spec.metadata(checkpoint), opset, fp16)
     out = Path(out) if out else run_dir / ("model.fp16.onnx" if fp16 else "model.onnx")
     tolerance = TOLERANCE_FP16 if fp16 else TOLERANCE
     with atomic_path(out) as tmp:
@@ -240,5 +223,5 @@ def export(run_dir: Path, out: Path | None = None, checkpoint: str = "best", ops
     write_text(out.with_suffix(".verify.json"), json.dumps({
         "model": out.name, "run": str(run_dir), "checkpoint": checkpoint, "max_abs_logit_diff": diff,
         "tolerance": tolerance, "steps": CHECK_STEPS, "batch": CHECK_BATCH, "opset": opset,
-        "precision": metadata["precision"]}, indent=2))
+        "precision": spec.precision}, indent=2))
     return result

@@ -30,3 +30,40 @@ def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None
 def _is_library_noise(line: str) -> bool:
     """TensorFlow's C++ start-up logging, which goes to stderr before Python runs (not ours to silence)."""
     return line.startswith(("WARNING: All log messages", "I0000", "W0000", "E0000")) or "cuda_" in line
+
+
+CHARS = tuple("abcdefghij ")
+
+
+def step_model(path: Path, cell: str = "lstm", layers: int = 1, units: int = 16, seed: int = 0,
+               bias: dict[int, float] | None = None, scale: float = 0.5, chars: tuple[str, ...] = CHARS,
+               **export_options) -> Path:
+    """A random step model written with the exporter's graph builder: sampling tests need no TensorFlow.
+
+    `bias` adds to the logits of the given ids (e.g. {EOS: 1.5} ends rows sooner; {PAD: 50} loves padding).
+    """
+    import numpy as np
+
+    from exporters.onnx import Layer, Weights, build_step_graph
+    from toolkit.sampling.contract import StepSpec
+    from toolkit.vocab import Vocab
+
+    rng = np.random.default_rng(seed)
+    vocab = Vocab(chars)
+    gates = 4 if cell == "lstm" else 3
+
+    def w(*shape):
+        return rng.normal(0, scale, shape).astype(np.float32)
+
+    stack = [Layer(w(vocab.size if i == 0 else units, gates * units), w(units, gates * units), w(gates * units),
+                   None if cell == "lstm" else w(gates * units)) for i in range(layers)]
+    head_bias = w(vocab.size)
+    for i, b in (bias or {}).items():
+        head_bias[i] += b
+    weights = Weights(cell, np.eye(vocab.size, dtype=np.float32), stack, (w(units, vocab.size) * 4, head_bias))
+    spec = StepSpec(cell, layers, units, vocab, {"units": units}, "fingerprint",
+                    "float16" if export_options.get("fp16") else "float32", None)
+    import onnx
+
+    onnx.save(build_step_graph(weights, spec.metadata("best"), **export_options), path)
+    return path

@@ -1,77 +1,128 @@
-import csv
+"""sample_batch: the files a user gets, chunking, formats, and refusals that leave nothing behind."""
+
 import json
+import lzma
 
 import numpy as np
+import pandas as pd
 import pytest
+from helpers import step_model
 
-from toolkit.batch import COLUMNS, parse_temperatures, sample_batch
 from toolkit.files import UsageError
+from toolkit.sampling.batch import sample_batch
+from toolkit.sampling.config import SampleConfig, sampling_config
+from toolkit.sampling.processors import InvalidParameter
+from toolkit.sampling.writer import COLUMNS
 
 
-def read(path):
-    with open(path / "samples.csv", newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return step_model(tmp_path_factory.mktemp("m") / "model.onnx", scale=0.3)
 
 
-def test_rows_columns_and_run_summary(tiny_onnx, tmp_path):
-    run = sample_batch(tiny_onnx, tmp_path, n=20, temps=[0.0, 1.0, 1.8], max_len=64, seed=3)
+def read(directory, fmt="csv"):
+    path = directory / f"samples.{fmt}"
+    return pd.read_csv(path, keep_default_na=False) if fmt == "csv" else pd.read_parquet(path)
+
+
+def test_rows_columns_and_run_summary(model, tmp_path):
+    config = sampling_config((0.0, 1.0, 1.8), n=20, max_len=64, seed=3, top_k=5)
+    run = sample_batch(model, tmp_path, config, device="cpu")
     rows = read(tmp_path)
-    assert list(rows[0]) == list(COLUMNS) and len(rows) == 60 == run.rows
-    assert [float(r["temperature"]) for r in rows] == [0.0] * 20 + [1.0] * 20 + [1.8] * 20
-    assert all(int(r["length"]) == len(r["text"]) <= 64 for r in rows)
-    assert sum(int(r["length"]) for r in rows) == run.characters
-    assert any(r["finished"] == "True" for r in rows) and all(r["seed"] == "3" for r in rows)
-    assert len({r["text"] for r in rows[:20]}) == 1  # greedy: every row the same
+    assert tuple(rows.columns) == COLUMNS and len(rows) == 60 == run.rows
+    assert rows["temperature"].tolist() == [0.0] * 20 + [1.0] * 20 + [1.8] * 20
+    assert (rows["length"] == rows["text"].str.len()).all() and rows["length"].max() <= 64
+    assert rows["length"].sum() == run.characters and (rows["seed"] == 3).all()
+    assert rows["finished"].any() and rows["text"][:20].nunique() == 1  # greedy: every row the same
+    assert (rows["logprob"] < 0).all()
     summary = json.loads((tmp_path / "run.json").read_text())
-    assert summary["provider"] == "CPUExecutionProvider" and summary["train_config"]["units"] == 32
+    assert summary["provider"] == "CPUExecutionProvider" and summary["sampling"] == config.to_dict()
+    assert summary["sampling"]["processors"][1] == {"name": "TopK", "k": 5} and summary["tf32"] is False
+    assert summary["train_config"] == {"units": 16}
 
 
-def test_chunking_gives_the_same_rows_as_one_batch(tiny_onnx, tmp_path):
-    sample_batch(tiny_onnx, tmp_path / "one", n=40, temps=[0.3, 1.0, 1.8], seed=1)
-    sample_batch(tiny_onnx, tmp_path / "chunks", n=40, temps=[0.3, 1.0, 1.8], seed=1, batch_size=7)
-    assert read(tmp_path / "one") == read(tmp_path / "chunks")
+def test_any_batch_size_gives_the_same_file(model, tmp_path):
+    config = sampling_config((0.3, 1.0, 1.8), n=40, seed=1, prompts=("ab", "c"))
+    sample_batch(model, tmp_path / "one", config, device="cpu")
+    sample_batch(model, tmp_path / "chunks", config, device="cpu", batch_size=7)
+    one, chunks = read(tmp_path / "one"), read(tmp_path / "chunks")
+    assert one.drop(columns="logprob").equals(chunks.drop(columns="logprob"))
+    assert np.allclose(one["logprob"], chunks["logprob"], rtol=1e-5)  # float32 sums: the last digits may differ
 
 
-def test_seed_reproduces_and_differs(tiny_onnx, tmp_path):
-    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
-        sample_batch(tiny_onnx, tmp_path / name, n=30, temps=[1.0], seed=seed)
-    a, b, c = (read(tmp_path / x) for x in "abc")
-    assert a == b and [r["text"] for r in a] != [r["text"] for r in c]
+def test_parquet_holds_the_same_samples(model, tmp_path):
+    config = sampling_config((1.0,), n=30, seed=2)
+    sample_batch(model, tmp_path / "csv", config, device="cpu")
+    sample_batch(model, tmp_path / "pq", config, device="cpu", fmt="parquet", batch_size=8)
+    csv, parquet = read(tmp_path / "csv"), read(tmp_path / "pq", "parquet")
+    assert csv["text"].tolist() == parquet["text"].tolist() and parquet["finished"].dtype == bool
 
 
-def test_prompts_cycle_and_start_every_text(tiny_onnx, tmp_path):
-    sample_batch(tiny_onnx, tmp_path, n=6, temps=[1.0], prompts=["Today ", "Moscow, "])
+def test_prompts_cycle_and_start_every_text(model, tmp_path):
+    sample_batch(model, tmp_path, sampling_config((1.0,), n=6, prompts=("ab ", "j")), device="cpu")
     rows = read(tmp_path)
-    assert [r["prompt"] for r in rows] == ["Today ", "Moscow, "] * 3
-    assert all(r["text"].startswith(r["prompt"]) for r in rows)
+    assert rows["prompt"].tolist() == ["ab ", "j"] * 3
+    assert all(text.startswith(prompt) for text, prompt in zip(rows["text"], rows["prompt"], strict=True))
 
 
-def test_top_k_1_is_greedy(tiny_onnx, tmp_path):
-    sample_batch(tiny_onnx, tmp_path / "k1", n=10, temps=[1.8], top_k=1)
-    sample_batch(tiny_onnx, tmp_path / "greedy", n=10, temps=[0.0])
-    assert [r["text"] for r in read(tmp_path / "k1")] == [r["text"] for r in read(tmp_path / "greedy")]
+def test_top_k_1_is_greedy(model, tmp_path):
+    sample_batch(model, tmp_path / "k1", sampling_config((1.8,), n=10, top_k=1), device="cpu")
+    sample_batch(model, tmp_path / "greedy", sampling_config((0.0,), n=10), device="cpu")
+    assert read(tmp_path / "k1")["text"].tolist() == read(tmp_path / "greedy")["text"].tolist()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"n": 0}, "--n"), ({"max_len": 0}, "--max-len"), ({"batch_size": 0}, "--batch-size"),
- ({"top_p": 0.0}, "--top-p"), ({"top_p": 1.5}, "--top-p"),
-    ({"top_k": -1}, "--top-k"), ({"prompts": ["Ωmega"]}, "'Ω'"), ({"prompts": ["x" * 20], "max_len": 20}, "--max-len"),
-])
-def test_bad_arguments_write_nothing(tiny_onnx, tmp_path, kwargs, message):
+def test_reference_titles_travel_from_the_model_to_the_samples(tmp_path):
+    import onnx
+
+    from toolkit.sampling.contract import StepSpec
+    from toolkit.sampling.runtime import Model
+
+    path = step_model(tmp_path / "m.onnx")
+    proto = onnx.load(path)
+    spec = Model.load(path).spec
+    blob = lzma.compress(json.dumps({"train_titles": ["a b"], "val_titles": ["c"]}).encode())
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, StepSpec(**{**spec.__dict__, "reference": blob}).metadata("best"))
+    onnx.save(proto, path)
+    sample_batch(path, tmp_path / "s", SampleConfig((1.0,), n=3), device="cpu")
+    assert (tmp_path / "s" / "reference.json.xz").read_bytes() == blob
+
+
+def test_a_large_n_runs_in_bounded_chunks(model, tmp_path):
+    run = sample_batch(model, tmp_path, sampling_config((1.0,), n=5000, max_len=16), device="cpu", batch_size=1024)
+    rows = read(tmp_path)
+    assert run.rows == 5000 and len(rows) == 5000 and rows["sample_id"].tolist() == list(range(5000))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"batch_size": 0}, "--batch-size"), ({"batch_size": 2**30}, "--batch-size"), ({"fmt": "xlsx"}, "--format"),
+    ({"device": "tpu"}, "--device")])
+def test_bad_arguments_write_nothing(model, tmp_path, options, message):
     with pytest.raises(UsageError, match=message):
-        sample_batch(tiny_onnx, tmp_path / "out", **{"n": 5, "temps": [1.0], **kwargs})
+        sample_batch(model, tmp_path / "out", SampleConfig((1.0,), n=5), **options)
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("text, message", [("", "empty"), ("a,b", "numbers"), ("0.3,-1", "negative"),
-                                           (" , ", "empty"), ("nan", "negative or infinite")])
-def test_temperature_lists(text, message):
+def test_a_prompt_outside_the_vocabulary_writes_nothing(model, tmp_path):
+    with pytest.raises(UsageError, match="'Ω'"):
+        sample_batch(model, tmp_path / "out", SampleConfig((1.0,), n=5, prompts=("Ωmega",)), device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, message", [("", "empty"), ("a,b", "numbers"), (" , ", "empty"),
+                                           ("1:0:0.1", "start <= stop"), ("0:1:0", "step > 0"), ("0:1", "start:stop"),
+                                           ("0:1000:0.01", "at most")])
+def test_temperature_lists_and_ranges(text, message):
+    from toolkit.sampling.config import parse_temperatures
+
     with pytest.raises(UsageError, match=message):
         parse_temperatures(text)
-    assert parse_temperatures("0.3, 1,1.8") == [0.3, 1.0, 1.8]
+    assert parse_temperatures("0.3, 1,1.8") == (0.3, 1.0, 1.8)
+    assert parse_temperatures("0.2:2.0:0.1") == tuple(round(0.2 + 0.1 * i, 10) for i in range(19))
+    assert parse_temperatures("0,0.5:1.5:0.5") == (0.0, 0.5, 1.0, 1.5)
 
 
-def test_a_large_n_runs_in_bounded_chunks(tiny_onnx, tmp_path):
-    run = sample_batch(tiny_onnx, tmp_path, n=5000, temps=[1.0], max_len=16, batch_size=1024)
-    assert run.rows == 5000 and len(read(tmp_path)) == 5000
-    assert np.mean([r["text"] != "" for r in read(tmp_path)]) > 0.9
+@pytest.mark.parametrize("temps", [(-0.5,), (float("nan"),)])
+def test_negative_or_nan_temperatures_are_refused(temps):
+    with pytest.raises(InvalidParameter, match="temperatures"):
+        sampling_config(temps)

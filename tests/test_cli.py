@@ -80,7 +80,12 @@ def test_sample_batch_does_not_import_tensorflow(tiny_onnx, tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["--temps", ""], ["--temps", "empty"]),
     (["--temps", "hot,cold"], ["--temps", "numbers"]),
-    (["--temps", "-0.5"], ["negative"]),
+    (["--temps", "-0.5"], ["--temps", "greedy", "-0.5"]),
+    (["--temps", "0:2:0"], ["--temps", "step > 0"]),
+    (["--min-p", "1.5"], ["--min-p"]),
+    (["--presence-penalty", "3"], ["--presence-penalty", "[-2, 2]"]),
+    (["--seed", "-1"], ["--seed"]),
+    (["--format", "xls"], ["--format"]),
     (["--n", "0"], ["--n"]),
     (["--max-len", "-3"], ["--max-len"]),
     (["--top-p", "0"], ["--top-p"]),

@@ -11,7 +11,7 @@ from exporters.onnx import build_step_graph, export, max_logit_difference, read_
 from toolkit.config import TrainConfig
 from toolkit.files import UsageError
 from toolkit.model import build_model
-from toolkit.runtime import OnnxStep
+from toolkit.sampling.runtime import OnnxStep
 from toolkit.vocab import Vocab
 
 
@@ -50,13 +50,13 @@ def test_the_graph_is_one_gather_then_the_recurrence(tmp_path):
 
 
 def test_metadata_describes_the_model_and_its_run(tiny_run, tiny_onnx):
-    step = OnnxStep(tiny_onnx, device="cpu")
+    spec = OnnxStep(tiny_onnx, device="cpu").spec
     saved = json.loads((tiny_run / "config.json").read_text())
-    assert step.vocab == Vocab.load(tiny_run / "vocab.json")
-    assert step.metadata["cell"] == "lstm" and (step.layers, step.units) == (1, 32)
-    assert step.metadata["data_fingerprint"] == saved["data_fingerprint"]
-    assert json.loads(step.metadata["specials"]) == {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
-    assert step.config == saved["config"]
+    metadata = {p.key: p.value for p in onnx.load(tiny_onnx).metadata_props}
+    assert spec.vocab == Vocab.load(tiny_run / "vocab.json")
+    assert (spec.cell, spec.layers, spec.units, spec.precision) == ("lstm", 1, 32, "float32")
+    assert spec.fingerprint == saved["data_fingerprint"] and spec.config == saved["config"]
+    assert json.loads(metadata["specials"]) == {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
     report = json.loads(tiny_onnx.with_suffix(".verify.json").read_text())
     assert report["max_abs_logit_diff"] < 1e-4 and report["steps"] >= 200 and report["batch"] >= 4
     onnx.checker.check_model(onnx.load(tiny_onnx), full_check=True)
@@ -66,7 +66,7 @@ def test_metadata_describes_the_model_and_its_run(tiny_run, tiny_onnx):
 def test_batch_is_dynamic(tiny_onnx, rows):
     step = OnnxStep(tiny_onnx, device="cpu")
     logits, (h, c) = step(np.ones(rows, np.int64), step.initial_state(rows))
-    assert logits.shape == (rows, step.vocab.size) and h.shape == c.shape == (1, rows, 32)
+    assert logits.shape == (rows, step.spec.vocab.size) and h.shape == c.shape == (1, rows, 32)
 
 
 def test_half_precision_export_stays_close(tiny_run, tmp_path):

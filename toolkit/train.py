@@ -18,7 +18,8 @@ from toolkit.data import Corpus, load_corpus
 from toolkit.dataset import make_dataset
 from toolkit.files import UsageError, atomic_path
 from toolkit.model import KerasStep, build_model
-from toolkit.sampling import generate
+from toolkit.sampling.config import SampleConfig
+from toolkit.sampling.reference import generate
 from toolkit.vocab import BREAK, Vocab
 
 HISTORY_COLUMNS = ("epoch", "loss", "bpc", "val_loss", "val_bpc", "seconds", "chars_per_second")
@@ -88,9 +89,10 @@ class EpochSamples(keras.callbacks.Callback):
         self.vocab, self.log, self.per_temp, self.seed = vocab, log, per_temp, seed
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        temps = np.repeat(np.float32(EPOCH_SAMPLE_TEMPS), self.per_temp)
-        batch = generate(KerasStep(self.model), temps, [[]] * temps.size, max_len=100, seed=self.seed + epoch)
-        for temp, text in zip(temps, self.vocab.decode_rows(batch.ids), strict=True):
+        config = SampleConfig(EPOCH_SAMPLE_TEMPS, n=self.per_temp, max_len=100, seed=self.seed + epoch)
+        rows = np.arange(config.rows)
+        batch = generate(KerasStep(self.model), config, rows, [[]])
+        for temp, text in zip(config.row_temperatures(rows), self.vocab.decode_rows(batch.ids), strict=True):
             self.log(f"  T={temp:.1f}  {text}")
 
 

@@ -1,0 +1,168 @@
+"""The engine (composed step + head graph, IO binding, rows dropped on the device) against the numpy reference
+loop, on CPU: the same code path as CUDA, device "cpu"."""
+
+import numpy as np
+import pytest
+from helpers import step_model
+
+from toolkit.files import UsageError
+from toolkit.sampling.config import SampleConfig, sampling_config
+from toolkit.sampling.engine import Engine, ladder
+from toolkit.sampling.processors import InvalidParameter, Temperature
+from toolkit.sampling.reference import generate
+from toolkit.sampling.runtime import OnnxStep
+from toolkit.vocab import BOS, EOS, PAD, UNK
+
+
+@pytest.fixture(scope="module")
+def lstm(tmp_path_factory):
+    return OnnxStep(step_model(tmp_path_factory.mktemp("m") / "lstm.onnx", scale=0.3), "cpu")
+
+
+def one_row_reference(step, config, row):
+    return generate(step, config, np.array([row]), config.prompt_ids(step.spec.vocab))
+
+
+CONFIGS = {
+    "plain": {},
+    "top-k": {"top_k": 3},
+    "top-p": {"top_p": 0.8},
+    "min-p": {"min_p": 0.2},
+    "penalties": {"presence_penalty": 0.8, "frequency_penalty": 0.5},
+    "prompts": {"prompts": ("ab ", "j", "")},
+    "everything": {"top_k": 6, "top_p": 0.9, "min_p": 0.05, "presence_penalty": -0.5, "prompts": ("cab", "")},
+}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_each_row_equals_a_one_row_reference(lstm, name):
+    options = dict(CONFIGS[name])
+    config = sampling_config((0.0, 0.5, 1.0, 1.8), n=12, prompts=options.pop("prompts", ()), max_len=40, seed=5,
+                             **options)
+    batch = Engine(lstm, config, sync_every=3).generate(np.arange(config.rows))
+    lengths = (batch.ids != PAD).sum(axis=1)
+    for row in range(config.rows):
+        ref = one_row_reference(lstm, config, row)
+        assert np.array_equal(batch.ids[row], ref.ids[0]) and batch.finished[row] == ref.finished[0], row
+        assert abs(batch.logprob[row] - ref.logprob[0]) < 1e-3
+    assert len(set(lengths)) > 5 and batch.finished.any()  # rows really diverged
+
+
+@pytest.mark.parametrize("cell, layers", [("gru", 1), ("lstm", 2), ("gru", 3)])
+def test_every_cell_and_depth_runs_in_the_engine(cell, layers, tmp_path):
+    step = OnnxStep(step_model(tmp_path / "m.onnx", cell, layers, units=8, seed=layers, bias={EOS: 1.0}), "cpu")
+    config = sampling_config((0.7, 1.3), n=20, max_len=30, seed=1, top_k=5)
+    rows = np.arange(config.rows)
+    batch, ref = Engine(step, config).generate(rows), generate(step, config, rows, [[]])
+    assert np.array_equal(batch.ids, ref.ids) and np.array_equal(batch.finished, ref.finished)
+
+
+@pytest.mark.parametrize("sync_every, shrink", [(1, 0.5), (4, 7 / 8), (16, 0.99), (64, 0.3)])
+def test_sync_interval_and_row_dropping_do_not_change_any_row(lstm, sync_every, shrink):
+    config = sampling_config((0.3, 1.0, 1.8), n=100, max_len=50, seed=2)
+    rows = np.arange(config.rows)
+    expected = generate(lstm, config, rows, [[]])
+    batch = Engine(lstm, config, sync_every=sync_every, shrink=shrink).generate(rows)
+    assert np.array_equal(batch.ids, expected.ids) and np.array_equal(batch.finished, expected.finished)
+    assert np.allclose(batch.logprob, expected.logprob, atol=1e-3)
+
+
+def test_chunks_give_the_same_rows_as_one_batch_and_buffers_are_reused(lstm):
+    config = sampling_config((0.5, 1.5), n=60, max_len=40, seed=9)
+    engine = Engine(lstm, config)
+    whole = engine.generate(np.arange(120))
+    parts = [engine.generate(np.arange(first, min(first + 25, 120))) for first in range(0, 120, 25)]
+    assert np.array_equal(np.concatenate([p.ids for p in parts]), whole.ids)
+    again = engine.generate(np.arange(120))  # buffers of every size are reused from the first chunk
+    assert np.array_equal(again.ids, whole.ids)
+
+
+def test_same_seed_same_samples_other_seed_other_samples(lstm):
+    def ids(seed):
+        config = sampling_config((1.0,), n=50, max_len=30, seed=seed)
+        return Engine(lstm, config).generate(np.arange(50)).ids
+
+    assert np.array_equal(ids(4), ids(4)) and not np.array_equal(ids(4), ids(5))
+
+
+def test_reserved_ids_are_never_drawn_even_by_a_model_that_loves_them(tmp_path):
+    step = OnnxStep(step_model(tmp_path / "m.onnx", bias={PAD: 40, BOS: 40, UNK: 40, EOS: -40}), "cpu")
+    config = sampling_config((0.0, 1.0, 5.0), n=30, prompts=("ab",), max_len=25, seed=0)
+    batch = Engine(step, config).generate(np.arange(config.rows))
+    assert (batch.ids[:, :2] == [4, 5]).all()  # the prompt ("a" is id 4), then drawn characters only
+    assert (batch.ids[:, 2:] >= 4).all() and not batch.finished.any()
+
+
+def test_greedy_rows_take_the_likeliest_id(lstm):
+    config = SampleConfig((0.0,), n=5, max_len=20)
+    batch = Engine(lstm, config).generate(np.arange(5))
+    state, token = lstm.initial_state(1), BOS
+    for t in range(20):
+        logits, state = lstm(np.array([token]), state)
+        logits[0, [PAD, BOS, UNK]] = -np.inf
+        token = int(logits[0].argmax())
+        if token == EOS:
+            break
+        assert (batch.ids[:, t] == token).all()
+
+
+def test_logprob_is_the_models_own_probability_of_the_text(lstm):
+    config = SampleConfig((1.0,), n=8, max_len=30, seed=3)
+    batch = Engine(lstm, config).generate(np.arange(8))
+    for row in range(8):
+        text = [i for i in batch.ids[row] if i != PAD] + ([EOS] if batch.finished[row] else [])
+        state, token, total = lstm.initial_state(1), BOS, 0.0
+        for target in text:
+            logits, state = lstm(np.array([token]), state)
+            total += logits[0, target] - np.log(np.exp(logits[0].astype(np.float64)).sum())
+            token = target
+        assert abs(batch.logprob[row] - total) < 1e-3
+
+
+def test_a_model_with_non_finite_logits_is_refused(tmp_path):
+    step = OnnxStep(step_model(tmp_path / "m.onnx", bias={7: np.nan}), "cpu")
+    with pytest.raises(UsageError, match="non-finite"):
+        Engine(step, SampleConfig((1.0,), n=4, max_len=10)).generate(np.arange(4))
+
+
+def test_prompts_with_unknown_characters_are_refused(lstm):
+    with pytest.raises(UsageError, match="'Z'"):
+        Engine(lstm, SampleConfig((1.0,), prompts=("Zed",)))
+
+
+@pytest.mark.parametrize("changes, parameter", [
+    ({"temperatures": ()}, "temperatures"), ({"temperatures": (0.001,)}, "temperatures"),
+    ({"temperatures": (float("inf"),)}, "temperatures"), ({"n": 0}, "n"), ({"n": 2**40}, "n"),
+    ({"max_len": 0}, "max_len"), ({"max_len": 2**24}, "max_len"), ({"seed": -1}, "seed"), ({"seed": 2**64}, "seed"),
+    ({"prompts": ("x" * 10,), "max_len": 10}, "prompts"), ({"processors": ()}, "processors"),
+    ({"processors": (Temperature(), Temperature())}, "processors")])
+def test_config_refuses_bad_values_by_name(changes, parameter):
+    with pytest.raises(InvalidParameter) as error:
+        SampleConfig(**changes)
+    assert error.value.parameter == parameter
+
+
+def test_ladder_shrinks_to_its_floor():
+    assert ladder(10, 0.5) == [10, 5, 3, 2, 1] and ladder(1, 0.5) == [1]
+    assert ladder(100, 0.5, floor=20) == [100, 50, 25] and ladder(10, 0.5, floor=20) == [10]
+    assert all(a > b for a, b in zip(ladder(1000, 0.99), ladder(1000, 0.99)[1:], strict=False))
+
+
+def test_the_sampling_package_imports_nothing_from_the_training_side():
+    """toolkit/sampling runs where TensorFlow is not installed: its imports stay within itself, the shared
+    vocabulary and file helpers, numpy, onnx, onnxruntime and pyarrow."""
+    import ast
+    from pathlib import Path
+
+    import toolkit.sampling
+
+    allowed = {"toolkit.sampling", "toolkit.vocab", "toolkit.files", "numpy", "onnx", "onnxruntime", "pyarrow"}
+    for path in Path(toolkit.sampling.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] \
+                if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for name in names:
+                top = name.split(".")[0]
+                assert top != "toolkit" or any(name == a or name.startswith(a + ".") for a in allowed), (path, name)
+                assert top not in ("tensorflow", "keras", "tensorflow_datasets", "tf2onnx", "exporters", "eval"), \
+                    (path, name)

@@ -1,0 +1,203 @@
+"""The logits processors, the uniforms and the draw: hand-computed cases, numpy against the ONNX nodes, and the
+drawn distributions against the exact ones."""
+
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import helper
+from scipy import stats
+
+from toolkit.sampling.draw import (
+    counters,
+    draw,
+    draw_onnx,
+    log_prob,
+    log_prob_onnx,
+    squares_key,
+    uniforms,
+    uniforms_onnx,
+)
+from toolkit.sampling.graph import Graph
+from toolkit.sampling.processors import (
+    Ban,
+    InvalidParameter,
+    MinP,
+    RepetitionPenalty,
+    Rows,
+    Temperature,
+    TopK,
+    TopP,
+)
+from toolkit.vocab import BOS, PAD, UNK
+
+NEG = -np.inf
+VOCAB = 12
+
+
+def logits_of(probs):
+    return np.log(np.asarray(probs, np.float32))[None]
+
+
+def kept(x):
+    return np.isfinite(x).tolist()
+
+
+def no_rows(n=1):
+    return Rows(np.ones(n, np.float32))
+
+
+def test_ban_removes_the_reserved_ids_only():
+    x = Ban().numpy(np.zeros((2, 6), np.float32), no_rows(2))
+    assert (np.isneginf(x[:, [PAD, BOS, UNK]])).all() and (x[:, [2, 4, 5]] == 0).all()
+
+
+def test_temperature_divides_each_row_and_zero_keeps_only_the_largest():
+    x = np.array([[1.0, 2.0, 4.0], [1.0, 4.0, 4.0], [2.0, -1.0, 0.5]], np.float32)
+    out = Temperature().numpy(x, Rows(np.array([2.0, 0.0, 0.5], np.float32)))
+    assert out[0].tolist() == [0.5, 1.0, 2.0] and out[2].tolist() == [4.0, -2.0, 1.0]
+    assert kept(out[1:2]) == [[False, True, True]]  # greedy: the tied maxima stay, the rest go
+
+
+def test_top_k_keeps_the_k_largest_and_ties_with_the_kth():
+    assert kept(TopK(2).numpy(np.array([[1.0, 3.0, 2.0, 0.0]], np.float32), no_rows())) == [[False, True, True, False]]
+    assert kept(TopK(2).numpy(np.array([[3.0, 2.0, 2.0, 0.0]], np.float32), no_rows())) == [[True, True, True, False]]
+    assert kept(TopK(9).numpy(np.zeros((1, 4), np.float32), no_rows())) == [[True] * 4]
+
+
+@pytest.mark.parametrize("p, expected", [(0.5, [1, 0, 0, 0]), (0.8, [1, 1, 0, 0]), (0.81, [1, 1, 1, 0]),
+                                         (1.0, [1, 1, 1, 1])])
+def test_top_p_keeps_the_smallest_set_reaching_p(p, expected):
+    assert kept(TopP(p).numpy(logits_of([0.5, 0.3, 0.15, 0.05]), no_rows())) == [list(map(bool, expected))]
+
+
+@pytest.mark.parametrize("p, expected", [(0.5, [1, 1, 0, 0]), (0.3, [1, 1, 1, 0]), (1.0, [1, 0, 0, 0])])
+def test_min_p_keeps_ids_at_least_p_times_the_likeliest(p, expected):
+    assert kept(MinP(p).numpy(logits_of([0.4, 0.3, 0.15, 0.05]), no_rows())) == [list(map(bool, expected))]
+
+
+def test_repetition_penalty_subtracts_presence_once_and_frequency_per_draw():
+    counts = np.array([[0, 2, 1, 0]], np.float32)
+    out = RepetitionPenalty(presence=0.5, frequency=0.25).numpy(np.zeros((1, 4), np.float32), Rows(None, counts))
+    assert out.tolist() == [[0.0, -1.0, -0.75, 0.0]]
+
+
+def test_processors_compose_in_order():
+    x = logits_of([0.4, 0.3, 0.2, 0.1])
+    top2_then_p = TopP(0.5).numpy(TopK(2).numpy(x, no_rows()), no_rows())  # renormalised: 0.57, 0.43 -> first
+    p_then_top2 = TopK(2).numpy(TopP(0.65).numpy(x, no_rows()), no_rows())  # 0.4 + 0.3 reach 0.65 -> two
+    assert kept(top2_then_p) == [[True, False, False, False]] and kept(p_then_top2) == [[True, True, False, False]]
+
+
+@pytest.mark.parametrize("make, parameter", [
+    (lambda: TopK(0), "top_k"), (lambda: TopK(2.5), "top_k"), (lambda: TopP(0), "top_p"), (lambda: TopP(1.2), "top_p"),
+    (lambda: MinP(0), "min_p"), (lambda: MinP(math.nan), "min_p"), (lambda: TopK(True), "top_k"),
+    (lambda: RepetitionPenalty(3, 0), "presence_penalty"), (lambda: RepetitionPenalty(0, -2.5), "frequency_penalty")])
+def test_processors_refuse_their_bad_parameters_by_name(make, parameter):
+    with pytest.raises(InvalidParameter) as error:
+        make()
+    assert error.value.parameter == parameter and parameter in str(error.value)
+
+
+def run_graph(build, inputs: dict[str, np.ndarray], opset=17):
+    """Build a graph with `build(g) -> output name` over the given inputs and run it on onnxruntime's CPU."""
+    g = Graph(np.float32, opset, vocab=VOCAB)
+    result = build(g)
+    model = helper.make_model(helper.make_graph(
+        [*g.nodes, helper.make_node("Identity", [result], ["out"])], "t",
+        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+         for k, v in inputs.items()],
+        [helper.make_empty_tensor_value_info("out")], g.initializers),
+        opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = helper.find_min_ir_version_for(model.opset_import)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)[0]
+
+
+PROCESSORS = [Ban(), Temperature(), TopK(3), TopP(0.7), MinP(0.05), RepetitionPenalty(0.4, 0.3)]
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18, 26])
+@pytest.mark.parametrize("processor", PROCESSORS, ids=lambda p: type(p).__name__)
+def test_onnx_nodes_do_what_the_numpy_reference_does(processor, opset):
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 3, (500, VOCAB)).astype(np.float32)
+    x[:50, 5] = x[:50, 6]  # ties
+    temperature = rng.choice(np.float32([0, 0.3, 1, 1.8]), 500)
+    counts = rng.integers(0, 4, (500, VOCAB)).astype(np.float32)
+    expected = processor.numpy(x, Rows(temperature, counts))
+    got = run_graph(lambda g: processor.onnx(g, "x", Rows("temperature", "counts")),
+                    {"x": x, "temperature": temperature, "counts": counts}, opset)
+    assert np.array_equal(np.isfinite(got), np.isfinite(expected))
+    assert np.allclose(got[np.isfinite(got)], expected[np.isfinite(expected)], rtol=1e-6, atol=1e-6)
+
+
+def test_uniforms_are_a_function_of_seed_row_and_step_and_look_uniform():
+    key, rows = squares_key(7), np.arange(200_000)
+    u = uniforms(key, counters(rows), 3)
+    assert u.dtype == np.float32 and u.min() > 0 and u.max() < 1
+    assert stats.kstest(u, "uniform").pvalue > 1e-3
+    assert np.array_equal(uniforms(key, counters(rows[[5, 99]]), 3), u[[5, 99]])
+    assert not np.array_equal(uniforms(squares_key(8), counters(rows[:10]), 3), u[:10])
+    following = uniforms(key, counters(rows), 4)
+    assert abs(np.corrcoef(u, following)[0, 1]) < 0.01  # one row's consecutive steps are not correlated
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01  # nor are neighbouring rows
+
+
+def test_uniforms_in_the_graph_are_bit_identical():
+    key, counter = squares_key(2**63 + 5), counters(np.arange(0, 10**12, 10**7))
+    for step in (0, 1, 1000, 2**24 - 2):
+        got = run_graph(lambda g: uniforms_onnx(g, key, "counter", "step"),
+                        {"counter": counter, "step": np.array(step, np.int64)})
+        assert np.array_equal(got, uniforms(key, counter, step))
+
+
+def test_the_draw_in_the_graph_equals_the_numpy_draw():
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 2, (100_000, VOCAB)).astype(np.float32)
+    x[rng.random(x.shape) < 0.3] = NEG
+    x[:, 4] = np.maximum(x[:, 4], 0)  # every row keeps an id
+    u = uniforms(squares_key(0), counters(np.arange(100_000)), 0)
+    got = run_graph(lambda g: draw_onnx(g, "x", "u"), {"x": x, "u": u})
+    expected = draw(x, u)
+    assert np.mean(got == expected) >= 0.9999
+    assert np.isfinite(x[np.arange(x.shape[0]), got]).all()  # never a removed id
+
+
+def test_log_prob_in_the_graph_equals_numpy_and_normalises():
+    x = np.random.default_rng(2).normal(0, 3, (300, VOCAB)).astype(np.float32)
+    ids = np.random.default_rng(3).integers(0, VOCAB, 300)
+    got = run_graph(lambda g: log_prob_onnx(g, "x", "ids"), {"x": x, "ids": ids})
+    assert np.allclose(got, log_prob(x, ids), atol=1e-5)
+    every = np.stack([log_prob(x, np.full(300, i)) for i in range(VOCAB)], axis=1)
+    assert np.allclose(np.exp(every).sum(axis=1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("processor", [Temperature(), TopK(4), TopP(0.8), MinP(0.1), RepetitionPenalty(0.7, 0.4)],
+                         ids=lambda p: type(p).__name__)
+def test_each_processors_draws_follow_its_exact_distribution(processor):
+    """Chi-square of 60,000 in-graph draws from one fixed row (at temperature 0.8) against the distribution the
+    processor defines."""
+    draws = 60_000
+    chain = [Ban(), processor] + ([] if isinstance(processor, Temperature) else [Temperature()])
+    x = np.tile(np.random.default_rng(4).normal(0, 1.5, (1, VOCAB)).astype(np.float32), (draws, 1))
+    temperature = np.full(draws, 0.8, np.float32)
+    counts = np.tile(np.float32([[0, 0, 0, 0, 1, 3, 0, 2, 0, 0, 1, 0]]), (draws, 1))
+    exact = x[:1]
+    for p in chain:
+        exact = p.numpy(exact, Rows(temperature[:1], counts[:1]))
+    exact = np.exp(exact[0].astype(np.float64))
+    exact /= exact.sum()
+
+    def build(g):
+        y = "x"
+        for p in chain:
+            y = p.onnx(g, y, Rows("temperature", "counts"))
+        return draw_onnx(g, y, uniforms_onnx(g, squares_key(11), "counter", "step"))
+
+    ids = run_graph(build, {"x": x, "temperature": temperature, "counts": counts,
+                            "counter": counters(np.arange(draws)), "step": np.array(0, np.int64)})
+    observed = np.bincount(ids, minlength=VOCAB)
+    support = exact > 0
+    assert observed[~support].sum() == 0  # removed ids are never drawn
+    assert stats.chisquare(observed[support], exact[support] * draws).pvalue > 1e-4, (observed, exact * draws)

@@ -1,0 +1,79 @@
+"""`sample-batch`: every row of a `SampleConfig` from an exported model, in bounded chunks, to samples.csv (or
+.parquet), run.json and reference.json.xz. Needs numpy, onnxruntime and pyarrow only: no TensorFlow."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.files import UsageError, write_bytes, write_text
+from toolkit.sampling.config import SampleConfig
+from toolkit.sampling.engine import Engine
+from toolkit.sampling.runtime import OnnxStep
+from toolkit.sampling.writer import check_format, sample_writer
+
+CHUNK_ROWS = {"cpu": 1024, "cuda": 65_536}  # the default --batch-size: see docs/benchmarks.md
+MAX_CHUNK_ROWS = 2**24
+REFERENCE_FILE = "reference.json.xz"
+
+
+@dataclass(frozen=True)
+class SampleRun:
+    model: str
+    provider: str
+    tf32: bool
+    cuda_graph: bool
+    cuda_graph_error: str | None
+    batch_size: int
+    sync_every: int
+    format: str
+    rows: int
+    characters: int
+    seconds: float
+
+    @property
+    def chars_per_second(self) -> float:
+        return self.characters / self.seconds if self.seconds else 0.0
+
+
+def sample_batch(model: str | Path, out: str | Path, config: SampleConfig, *, device: str = "auto",
+                 batch_size: int | None = None, tf32: bool = False, fmt: str = "csv",
+                 progress: Callable[[int, int], None] | None = None, step: OnnxStep | None = None,
+                 **engine_options) -> SampleRun:
+    """Write `out`/samples.{fmt}, run.json and (when the model carries its run's titles) reference.json.xz.
+
+    Every row's draws depend only on (seed, sample_id), so any `batch_size` gives the same samples.
+    `progress(rows_done, characters_done)` is called after each chunk.
+    """
+    check_format(fmt)
+    if batch_size is not None and not 1 <= batch_size <= MAX_CHUNK_ROWS:
+        raise UsageError(f"--batch-size must be an integer from 1 to {MAX_CHUNK_ROWS:,}, not {batch_size}")
+    out = Path(out)
+    step = step or OnnxStep(model, device, tf32)
+    engine = Engine(step, config, **engine_options)
+    batch_size = batch_size or CHUNK_ROWS[engine.device]
+    characters, started = 0, time.perf_counter()
+    with sample_writer(out / f"samples.{fmt}", fmt, config, step.spec.vocab) as write:
+        for first in range(0, config.rows, batch_size):
+            rows = np.arange(first, min(first + batch_size, config.rows))
+            batch = engine.generate(rows)
+            write(rows, batch)
+            characters += int(np.count_nonzero(batch.ids))
+            if progress:
+                progress(int(rows[-1]) + 1, characters)
+        seconds = time.perf_counter() - started
+    run = SampleRun(str(model), engine.provider, tf32, engine.cuda_graph, engine.cuda_graph_error, batch_size,
+                    engine.sync_every, fmt, config.rows, characters, seconds)
+    if step.spec.reference is not None:
+        write_bytes(out / REFERENCE_FILE, step.spec.reference)
+    write_text(out / "run.json", json.dumps({
+        **dataclasses.asdict(run), "chars_per_second": run.chars_per_second, "sampling": config.to_dict(),
+        "train_config": step.spec.config, "data_fingerprint": step.spec.fingerprint,
+        "precision": step.spec.precision}, indent=2))
+    return run

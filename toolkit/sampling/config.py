@@ -1,0 +1,125 @@
+"""Everything a sampling run needs, in one frozen dataclass: `sample_batch`, `generate`, `pipeline` and run.json
+all take or record this one object, so a new control touches its processor, its test and one CLI option."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from toolkit.files import UsageError
+from toolkit.sampling.draw import MAX_ROWS, MAX_STEPS
+from toolkit.sampling.processors import (
+    MIN_TEMPERATURE,
+    InvalidParameter,
+    MinP,
+    Processor,
+    RepetitionPenalty,
+    Temperature,
+    TopK,
+    TopP,
+    describe,
+)
+from toolkit.vocab import Vocab
+
+MAX_TEMPERATURES = 1000
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """n samples at each temperature; rows are temperature-major, and prompts cycle within a temperature."""
+
+    temperatures: tuple[float, ...] = (0.3, 1.0, 1.8)
+    n: int = 1000
+    prompts: tuple[str, ...] = ("",)  # "" = no prompt
+    max_len: int = 128  # characters per sample, prompt included
+    seed: int = 0
+    processors: tuple[Processor, ...] = (Temperature(),)  # in order; the reserved-id ban always comes first
+
+    def __post_init__(self) -> None:
+        temps = self.temperatures
+        if not temps or len(temps) > MAX_TEMPERATURES:
+            raise InvalidParameter("temperatures", f"must hold 1 to {MAX_TEMPERATURES} values", temps)
+        for t in temps:
+            if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or not (
+                    t == 0 or t >= MIN_TEMPERATURE):
+                raise InvalidParameter("temperatures", f"must each be 0 (greedy) or a finite number of at least "
+                                       f"{MIN_TEMPERATURE}", t)
+        for name, value, high in (("n", self.n, MAX_ROWS // len(temps)), ("max_len", self.max_len, MAX_STEPS)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+                raise InvalidParameter(name, f"must be an integer from 1 to {high:,}", value)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
+            raise InvalidParameter("seed", "must be an integer from 0 to 2^64 - 1", self.seed)
+        if not self.prompts or not all(isinstance(p, str) for p in self.prompts):
+            raise InvalidParameter("prompts", "must be one or more strings", self.prompts)
+        long = [p for p in self.prompts if len(p) >= self.max_len]
+        if long:
+            raise InvalidParameter("prompts", f"must be shorter than max_len ({self.max_len})", long[0])
+        if sum(isinstance(p, Temperature) for p in self.processors) != 1:
+            raise InvalidParameter("processors", "must hold Temperature() exactly once", self.processors)
+
+    @property
+    def rows(self) -> int:
+        return self.n * len(self.temperatures)
+
+    @property
+    def uses_counts(self) -> bool:
+        return any(p.uses_counts for p in self.processors)
+
+    def row_temperatures(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.temperatures, np.float64)[rows // self.n]
+
+    def row_prompts(self, rows: np.ndarray) -> np.ndarray:
+        """Index into `prompts` of each row."""
+        return rows % self.n % len(self.prompts)
+
+    def prompt_ids(self, vocab: Vocab) -> list[list[int]]:
+        """The prompts as ids; a character the model never saw is refused (prompts must be exact)."""
+        return [vocab.encode_known(p, "prompt") for p in self.prompts]
+
+    def to_dict(self) -> dict:
+        return {"temperatures": list(self.temperatures), "n": self.n, "prompts": list(self.prompts),
+                "max_len": self.max_len, "seed": self.seed, "processors": [describe(p) for p in self.processors]}
+
+
+def sampling_config(temperatures: tuple[float, ...] | list[float], n: int = 1000, prompts: tuple[str, ...] = (),
+                    max_len: int = 128, seed: int = 0, *, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+                    presence_penalty: float = 0.0, frequency_penalty: float = 0.0) -> SampleConfig:
+    """The config a command line describes, where 0 (1 for top_p) turns a control off; processors in Hugging Face's
+    order: the penalties, the temperature, then the filters."""
+    processors: list[Processor] = []
+    if presence_penalty or frequency_penalty:
+        processors.append(RepetitionPenalty(presence_penalty, frequency_penalty))
+    processors.append(Temperature())
+    if top_k != 0:
+        processors.append(TopK(top_k))
+    if top_p != 1:
+        processors.append(TopP(top_p))
+    if min_p != 0:
+        processors.append(MinP(min_p))
+    return SampleConfig(tuple(temperatures), n, tuple(prompts) or ("",), max_len, seed, tuple(processors))
+
+
+def parse_temperatures(text: str) -> tuple[float, ...]:
+    """'0.3,1.0,1.8' -> (0.3, 1.0, 1.8); a part 'start:stop:step' is a sweep with both ends included."""
+    temps: list[float] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            numbers = [float(x) for x in part.split(":")]
+        except ValueError:
+            raise UsageError(f"--temps {text!r} is not a comma-separated list of numbers or start:stop:step "
+                             "ranges; e.g. --temps 0.3,1.0,1.8 or --temps 0.2:2.0:0.1") from None
+        if len(numbers) == 1:
+            temps += numbers
+        elif len(numbers) == 3 and all(map(math.isfinite, numbers)) and numbers[2] > 0 and numbers[0] <= numbers[1]:
+            start, stop, step = numbers
+            count = math.floor((stop - start) / step + 1e-9) + 1
+            if len(temps) + count > MAX_TEMPERATURES:
+                raise UsageError(f"--temps {part} gives {count:,} temperatures; at most {MAX_TEMPERATURES} in all")
+            temps += [round(start + i * step, 10) for i in range(count)]
+        else:
+            raise UsageError(f"--temps range {part!r} must be start:stop:step with start <= stop and step > 0")
+    if not temps:
+        raise UsageError("--temps is empty; give at least one temperature, e.g. --temps 1.0")
+    return tuple(temps)

@@ -1,0 +1,72 @@
+"""The step contract: what an exported step model's tensors are called, what state it carries per cell, and what
+its metadata holds. The exporter writes it, the runtime reads it and the sampling head plugs into it, so the three
+cannot drift apart.
+
+A step is `(token [rows] int64, *state) -> (logits [rows, vocab] float32, *state_out)`; each state tensor is
+`[layers, rows, units]` float32, and `state_out` names are the state names with `_out` appended.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+
+from toolkit.files import UsageError
+from toolkit.vocab import SPECIALS, Vocab
+
+TOKEN, LOGITS = "token", "logits"
+STATES = {"lstm": ("h", "c"), "gru": ("h",)}
+STATE_ROW_AXIS = 1  # [layers, rows, units]
+
+# metadata keys
+VOCAB, CELL, LAYERS, UNITS, SPECIAL_IDS = "vocab", "cell", "layers", "units", "specials"
+CONFIG, FINGERPRINT, CHECKPOINT, PRECISION, REFERENCE = "config", "data_fingerprint", "checkpoint", "precision", \
+    "reference"
+
+
+def out(name: str) -> str:
+    return f"{name}_out"
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """What a step model says about itself: enough to run it, sample from it and report on it."""
+
+    cell: str
+    layers: int
+    units: int
+    vocab: Vocab
+    config: dict  # the training config, for run.json
+    fingerprint: str
+    precision: str
+    reference: bytes | None  # reference.json.xz: training and held-out titles, as the run wrote them
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        return STATES[self.cell]
+
+    def metadata(self, checkpoint: str) -> dict[str, str]:
+        data = {VOCAB: self.vocab.to_json(), CELL: self.cell, LAYERS: str(self.layers), UNITS: str(self.units),
+                SPECIAL_IDS: json.dumps(dict(zip(SPECIALS, range(len(SPECIALS)), strict=True))),
+                CONFIG: json.dumps(self.config), FINGERPRINT: self.fingerprint, CHECKPOINT: checkpoint,
+                PRECISION: self.precision}
+        if self.reference is not None:
+            data[REFERENCE] = base64.b64encode(self.reference).decode("ascii")
+        return data
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], path: object) -> StepSpec:
+        """Read a model's metadata; anything missing or malformed is a usage error naming the file."""
+        if VOCAB not in meta:
+            raise UsageError(f"{path} is not a charlm model (no vocabulary in its metadata); export one with "
+                             "`python cli.py export-onnx RUN`")
+        try:
+            spec = cls(meta[CELL], int(meta[LAYERS]), int(meta[UNITS]), Vocab.from_json(meta[VOCAB]),
+                       json.loads(meta.get(CONFIG, "{}")), meta.get(FINGERPRINT, ""), meta.get(PRECISION, "float32"),
+                       base64.b64decode(meta[REFERENCE], validate=True) if REFERENCE in meta else None)
+            if spec.cell not in STATES or spec.layers < 1 or spec.units < 1 or not isinstance(spec.config, dict):
+                raise ValueError(f"cell {spec.cell!r}, {spec.layers} layers of {spec.units} units")
+        except (KeyError, ValueError, TypeError) as e:  # json and base64 errors are ValueErrors
+            raise UsageError(f"{path} has damaged charlm metadata ({e}); export the model again") from None
+        return spec

@@ -1,0 +1,206 @@
+"""The sampling engine: the composed step + head graph on onnxruntime, with every tensor a row needs kept where
+the model runs (CPU or CUDA) and nothing crossing the bus per step.
+
+Each state tensor has two buffers, A and B: a step reads A and writes B, the next reads B and writes A, through
+two IO bindings made once. Every `sync_every` steps the host reads the history of the last steps, `done` and
+`logprob` (a few bytes per row), stores the ids of the rows still alive, and drops finished rows by gathering the
+survivors into a smaller set of buffers on the device. Sizes follow a fixed ladder (each `shrink` times the one
+before), so each size has fixed buffers and, on CUDA, captured CUDA graphs that later chunks replay.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from toolkit.files import UsageError
+from toolkit.sampling import contract
+from toolkit.sampling.config import SampleConfig
+from toolkit.sampling.draw import counters
+from toolkit.sampling.head import (
+    COUNTER,
+    DONE,
+    FORCED,
+    HISTORY,
+    LOGPROB,
+    STEP,
+    TEMPERATURE,
+    Tensor,
+    carried,
+    compose,
+    constants,
+)
+from toolkit.sampling.reference import Batch, finish, forced_ids
+from toolkit.sampling.runtime import CUDA, OnnxStep, session
+from toolkit.vocab import BOS
+
+SYNC_EVERY = {"cpu": 8, "cuda": 16}  # steps between reads of the history: see docs/benchmarks.md
+SHRINK = {"cpu": 7 / 8, "cuda": 3 / 4}  # each buffer size of the ladder, relative to the one before
+FLOOR = {"cpu": 1, "cuda": 2048}  # no smaller buffers: below this a GPU step costs the same whatever the rows
+
+
+def ladder(rows: int, shrink: float, floor: int = 1) -> list[int]:
+    """The buffer sizes a chunk of `rows` rows may shrink to, largest first, none below `floor` (but `rows`)."""
+    sizes = [rows]
+    while (smaller := min(sizes[-1] - 1, math.ceil(sizes[-1] * shrink))) >= max(floor, 1):
+        sizes.append(smaller)
+    return sizes
+
+
+@dataclass
+class _Buffers:
+    """One size of the ladder: A and B sets of the carried tensors, the constants, and the two bindings."""
+
+    rows: int
+    sides: tuple[dict, dict]
+    consts: dict
+    bindings: tuple
+    run_options: tuple
+
+
+class Engine:
+    """Samples chunks of rows of one `SampleConfig` from one exported model."""
+
+    def __init__(self, step: OnnxStep, config: SampleConfig, *, sync_every: int | None = None,
+                 shrink: float | None = None, cuda_graph: bool | None = None, profile: bool = False):
+        import onnxruntime as ort
+
+        self.ort, self.model, self.config, self.spec = ort, step.model, config, step.spec
+        self.prompt_ids = config.prompt_ids(self.spec.vocab)
+        self.device = "cuda" if step.provider == CUDA else "cpu"  # the provider that really started
+        self.sync_every = sync_every or SYNC_EVERY[self.device]
+        self.shrink = shrink or SHRINK[self.device]
+        if self.sync_every < 1 or not 0 < self.shrink < 1:
+            raise UsageError(f"sync_every must be positive and shrink in (0, 1), not {self.sync_every}, {self.shrink}")
+        self.cuda_graph = self.device == "cuda" if cuda_graph is None else cuda_graph and self.device == "cuda"
+        self.carried, self.constants = carried(self.spec, config), constants(config)
+        self.cuda_graph_error: str | None = None
+        self.graph, self.tf32 = compose(self.model.proto, self.spec, config, self.sync_every), step.tf32
+        self.session = session(self.graph, self.device, tf32=step.tf32, cuda_graph=self.cuda_graph, profile=profile)
+        self.provider = self.session.get_providers()[0]
+        self.selector = session(_select_graph(self.spec, [t for t in [*self.carried, *self.constants]
+                                                          if t.name != HISTORY]), self.device)
+        self._buffers: dict[int, _Buffers] = {}
+
+    def generate(self, rows: np.ndarray) -> Batch:
+        """Sample the given global rows of the config; a row's text depends only on (seed, row).
+
+        Should onnxruntime fail to capture or replay a CUDA graph, the engine goes on without graphs (same
+        samples, more launch overhead) and says why in `cuda_graph_error`.
+        """
+        try:
+            return self._generate(np.asarray(rows, np.int64))
+        except Exception as e:  # onnxruntime's errors are untyped; without graphs any error raises again below
+            if not self.cuda_graph:
+                raise
+            self.cuda_graph, self.cuda_graph_error = False, str(e).splitlines()[0][:300]
+            self.session = session(self.graph, self.device, tf32=self.tf32)
+            self._buffers.clear()
+            return self._generate(np.asarray(rows, np.int64))
+
+    def _generate(self, rows: np.ndarray) -> Batch:
+        buf = self._buffers_for(rows.size)
+        self._start(buf, rows)
+        sizes = ladder(rows.size, self.shrink, FLOOR[self.device])
+        slot = np.arange(rows.size)  # which row of the chunk each buffer row holds
+        live = np.ones(rows.size, bool)  # still generating at the start of this block
+        ids = np.zeros((rows.size, self.config.max_len), np.int64)
+        logprob = np.zeros(rows.size, np.float32)
+        side, t = 0, 0
+        while True:
+            k = min(self.sync_every, self.config.max_len - t)
+            for _ in range(k):
+                self.session.run_with_iobinding(buf.bindings[side], buf.run_options[side])
+                side ^= 1
+            t += k
+            buf.bindings[side ^ 1].synchronize_outputs()  # the last run wrote to side `side`
+            now = buf.sides[side]
+            block, done, total = now[HISTORY].numpy()[-k:], now[DONE].numpy(), now[LOGPROB].numpy()
+            ids[slot[live], t - k:t] = block[:, live].T
+            logprob[slot[live]] = total[live]
+            if not np.isfinite(total[live]).all():
+                raise UsageError(f"{self.model.path} gives non-finite logits (NaN or infinity); the model is "
+                                 "broken: retrain it (with a lower --lr) and export it again")
+            live &= ~done
+            alive = int(live.sum())
+            if not alive or t == self.config.max_len:
+                break
+            target = min(s for s in sizes if s >= alive)
+            if target < buf.rows:
+                keep = np.concatenate([np.flatnonzero(live), np.flatnonzero(~live)[:target - alive]])
+                smaller = self._buffers_for(target)
+                self._compact(buf.sides[side], buf.consts, smaller, keep)
+                buf, side, slot, live = smaller, 0, slot[keep], live[keep]
+        ids, finished = finish(ids)
+        return Batch(ids, finished, logprob)
+
+    def _buffers_for(self, rows: int) -> _Buffers:
+        if rows not in self._buffers:
+            ort, history, prompt = self.ort, self.sync_every, max(map(len, self.prompt_ids)) + 1
+
+            def alloc(t: Tensor):
+                return ort.OrtValue.ortvalue_from_shape_and_type(list(t.shape(self.spec, rows, history, prompt)),
+                                                                 t.dtype.type, self.device, 0)
+
+            sides = tuple({t.name: alloc(t) for t in self.carried} for _ in range(2))
+            consts = {t.name: alloc(t) for t in self.constants}
+            bindings, options = [], []
+            for source, target in ((0, 1), (1, 0)):
+                binding = self.session.io_binding()
+                for name, value in [*sides[source].items(), *consts.items()]:
+                    binding.bind_ortvalue_input(name, value)
+                for name, value in sides[target].items():
+                    binding.bind_ortvalue_output(contract.out(name), value)
+                bindings.append(binding)
+                run_options = ort.RunOptions()
+                if self.device == "cuda":  # return at once: the GPU works while the host queues the next step
+                    run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+                    if self.cuda_graph:
+                        run_options.add_run_config_entry("gpu_graph_id", str(2 * len(self._buffers) + source))
+                options.append(run_options)
+            self._buffers[rows] = _Buffers(rows, sides, consts, tuple(bindings), tuple(options))
+        return self._buffers[rows]
+
+    def _start(self, buf: _Buffers, rows: np.ndarray) -> None:
+        """Fill side A and the constants for a new chunk."""
+        n, a = rows.size, buf.sides[0]
+        initial = {contract.TOKEN: np.full(n, BOS, np.int64), DONE: np.zeros(n, bool),
+                   LOGPROB: np.zeros(n, np.float32), STEP: np.zeros((), np.int64),
+                   TEMPERATURE: self.config.row_temperatures(rows).astype(np.float32), COUNTER: counters(rows)}
+        if FORCED in buf.consts:
+            initial[FORCED] = forced_ids(self.config, self.prompt_ids, rows)
+        for t in [*self.carried, *self.constants]:
+            if t.name != HISTORY:
+                target = a[t.name] if t.name in a else buf.consts[t.name]
+                shape = t.shape(self.spec, n, self.sync_every, 0)
+                target.update_inplace(np.ascontiguousarray(initial.get(t.name, np.zeros(shape, t.dtype))))
+
+    def _compact(self, source: dict, consts: dict, target: _Buffers, keep: np.ndarray) -> None:
+        """Gather the rows `keep` of every per-row tensor into the smaller buffers' side A, on the device."""
+        binding = self.selector.io_binding()
+        kept = self.ort.OrtValue.ortvalue_from_numpy(keep.astype(np.int64), self.device, 0)
+        binding.bind_ortvalue_input("keep", kept)
+        for name, value in [*source.items(), *consts.items()]:
+            if name != HISTORY:
+                binding.bind_ortvalue_input(name, value)
+                binding.bind_ortvalue_output(contract.out(name), {**target.sides[0], **target.consts}[name])
+        self.selector.run_with_iobinding(binding)
+
+
+def _select_graph(spec: contract.StepSpec, tensors: list[Tensor]) -> onnx.ModelProto:
+    """keep [m] int64 and each tensor -> the tensor's rows `keep` (Identity for the step counter)."""
+    nodes, inputs, outputs = [], [helper.make_tensor_value_info("keep", onnx.TensorProto.INT64, ["kept"])], []
+    for t in tensors:
+        kind = helper.np_dtype_to_tensor_dtype(t.dtype)
+        inputs.append(helper.make_tensor_value_info(t.name, kind, t.shape(spec, "batch", 0, "prompt")))
+        outputs.append(helper.make_tensor_value_info(contract.out(t.name), kind, t.shape(spec, "kept", 0, "prompt")))
+        nodes.append(helper.make_node("Identity", [t.name], [contract.out(t.name)]) if t.row_axis is None else
+                     helper.make_node("Gather", [t.name, "keep"], [contract.out(t.name)], axis=t.row_axis))
+    model = helper.make_model(helper.make_graph(nodes, "select_rows", inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = helper.find_min_ir_version_for(model.opset_import)
+    return model

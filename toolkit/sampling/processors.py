@@ -1,0 +1,206 @@
+"""Logits processors: small frozen dataclasses, each with a numpy reference and the ONNX nodes that do the same.
+
+As in Hugging Face `generate`, each maps a `[rows, vocab]` float32 logits array to another, and a sampler chains
+them in the config's order before the draw. `numpy` is the reference; `onnx` adds the same operations, in the same
+order, to the sampling head, so the two agree to the last bit wherever the runtime rounds as numpy does. Removed
+ids become -inf. Each processor checks its own parameters and raises `InvalidParameter` in its own terms; the CLI
+names its flag instead.
+
+Per-row values: only the temperature, because a report compares groups by temperature and a sweep of them runs
+as one batch. The other parameters hold for the whole run and fold into the graph as constants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from toolkit.sampling.graph import Graph
+
+from toolkit.files import UsageError
+from toolkit.vocab import BOS, PAD, UNK
+
+NEG_INF = np.float32(-np.inf)
+MIN_TEMPERATURE = 0.01  # below this float32 logits overflow; 0 (greedy) is the limit a user means
+
+
+class InvalidParameter(UsageError):
+    """A parameter out of its range: `parameter` names it as the library does, so a CLI can name its flag."""
+
+    def __init__(self, parameter: str, requirement: str, value: object):
+        self.parameter, self.requirement, self.value = parameter, requirement, value
+        super().__init__(f"{parameter} {requirement}, not {value!r}")
+
+
+@dataclass(frozen=True)
+class Rows:
+    """What a processor may read per row besides the logits: arrays for numpy, tensor names for ONNX."""
+
+    temperature: Any  # [rows] float32; 0 = greedy
+    counts: Any = None  # [rows, vocab] float32: how often each id was drawn so far (only when a processor needs it)
+
+
+class Processor(Protocol):
+    uses_counts: ClassVar[bool]
+
+    def numpy(self, x: np.ndarray, rows: Rows) -> np.ndarray: ...
+    def onnx(self, g: Graph, x: str, rows: Rows) -> str: ...
+
+
+def describe(processor: Processor) -> dict:
+    """A processor as run.json records it: its name and parameters."""
+    return {"name": type(processor).__name__, **dataclasses.asdict(processor)}
+
+
+def _number(name: str, value: object, low: float, high: float, requirement: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise InvalidParameter(name, requirement, value)
+
+
+@dataclass(frozen=True)
+class Ban:
+    """Ids that must never be drawn (padding, <bos>, <unk>: they have no character). Always first in a head."""
+
+    ids: tuple[int, ...] = (PAD, BOS, UNK)
+    uses_counts: ClassVar[bool] = False
+
+    def mask(self, vocab: int) -> np.ndarray:
+        mask = np.zeros(vocab, np.float32)
+        mask[list(self.ids)] = NEG_INF
+        return mask
+
+    def numpy(self, x: np.ndarray, rows: Rows) -> np.ndarray:
+        return x + self.mask(x.shape[1])
+
+    def onnx(self, g: Graph, x: str, rows: Rows) -> str:
+        return g.op("Add", x, g.const("ban_mask", self.mask(g.vocab)))
+
+
+@dataclass(frozen=True)
+class RepetitionPenalty:
+    """OpenAI's presence and frequency penalties over the characters the row has drawn so far (its prompt is
+    not counted): subtract `presence` once from each id drawn before, and `frequency` per time it was drawn.
+    Negative values encourage repetition."""
+
+    presence: float = 0.0
+    frequency: float = 0.0
+    uses_counts: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        for name in ("presence", "frequency"):
+            _number(f"{name}_penalty", getattr(self, name), -2, 2, "must lie in [-2, 2]")
+
+    def numpy(self, x: np.ndarray, rows: Rows) -> np.ndarray:
+        seen = (rows.counts > 0).astype(np.float32)
+        return x - (seen * np.float32(self.presence) + rows.counts * np.float32(self.frequency))
+
+    def onnx(self, g: Graph, x: str, rows: Rows) -> str:
+        seen = g.op("Cast", g.op("Greater", rows.counts, g.const("zero_count", 0.0)), to=1)
+        penalty = g.op("Add", g.op("Mul", seen, g.const("presence", self.presence)),
+                       g.op("Mul", rows.counts, g.const("frequency", self.frequency)))
+        return g.op("Sub", x, penalty)
+
+
+@dataclass(frozen=True)
+class Temperature:
+    """Divide each row by its own temperature; a row at temperature 0 keeps only its largest logits (greedy)."""
+
+    uses_counts: ClassVar[bool] = False
+
+    def numpy(self, x: np.ndarray, rows: Rows) -> np.ndarray:
+        t = np.asarray(rows.temperature, np.float32)[:, None]
+        scaled = x / np.where(t > 0, t, np.float32(1))
+        keep = (t > 0) | (x >= x.max(axis=1, keepdims=True))
+        return np.where(keep, scaled, NEG_INF)
+
+    def onnx(self, g: Graph, x: str, rows: Rows) -> str:
+        t = g.op("Unsqueeze", rows.temperature, g.const("axis1", [1], np.int64))
+        positive = g.op("Greater", t, g.const("zero_t", 0.0))
+        scaled = g.op("Div", x, g.op("Where", positive, t, g.const("one_t", 1.0)))
+        keep = g.op("Or", positive, g.op("GreaterOrEqual", x, g.reduce("ReduceMax", x, 1)))
+        return g.op("Where", keep, scaled, g.const("neg_inf_t", NEG_INF))
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Keep the k largest logits of each row (ties with the k-th included)."""
+
+    k: int
+    uses_counts: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _number("top_k", self.k, 1, 2**31 - 1, "must be a positive integer")
+        if not isinstance(self.k, int):
+            raise InvalidParameter("top_k", "must be a positive integer", self.k)
+
+    def numpy(self, x: np.ndarray, rows: Rows) -> np.ndarray:
+        if self.k >= x.shape[1]:
+            return x
+        kth = np.partition(x, -self.k, axis=1)[:, -self.k, None]
+        return np.where(x >= kth, x, NEG_INF)
+
+    def onnx(self, g: Graph, x: str, rows: Rows) -> str:
+        if self.k >= g.vocab:
+            return x
+        values, _ = g.op("TopK", x, g.const("top_k", [self.k], np.int64), axis=1, outputs=2)
+        kth = g.op("Slice", values, *(g.const(f"top_k_{n}", [v], np.int64) for n, v in
+                                      (("start", self.k - 1), ("end", self.k), ("axis", 1))))
+        return g.op("Where", g.op("GreaterOrEqual", x, kth), x, g.const("neg_inf_k", NEG_INF))
+
+
+@dataclass(frozen=True)
+class TopP:
+    """Nucleus filter: keep the likeliest ids until their probability reaches p (ties with the last one kept)."""
+
+    p: float
+    uses_counts: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _number("top_p", self.p, 0, 1, "must lie in (0, 1]")
+        if self.p == 0:
+            raise InvalidParameter("top_p", "must lie in (0, 1]", self.p)
+
+    def numpy(self, x: np.ndarray, rows: Rows) -> np.ndarray:
+        s = -np.sort(-x, axis=1)
+        e = np.exp(s - s[:, :1])
+        probs = e / e.sum(axis=1, keepdims=True)
+        kept = ((np.cumsum(probs, axis=1) - probs) < np.float32(self.p)).sum(axis=1)  # the mass before an id < p
+        threshold = np.take_along_axis(s, kept[:, None] - 1, axis=1)
+        return np.where(x >= threshold, x, NEG_INF)
+
+    def onnx(self, g: Graph, x: str, rows: Rows) -> str:
+        s, _ = g.op("TopK", x, g.const("vocab_k", [g.vocab], np.int64), axis=1, outputs=2)
+        first = g.op("Slice", s, *(g.const(f"top_p_{n}", [v], np.int64) for n, v in
+                                   (("start", 0), ("end", 1), ("axis", 1))))
+        e = g.op("Exp", g.op("Sub", s, first))
+        probs = g.op("Div", e, g.reduce("ReduceSum", e, 1))
+        before = g.op("Sub", g.op("CumSum", probs, g.const("axis1_scalar", 1, np.int64)), probs)
+        kept = g.reduce("ReduceSum", g.op("Cast", g.op("Less", before, g.const("top_p", self.p)), to=1), 1)
+        index = g.op("Sub", g.op("Cast", kept, to=7), g.const("one_index", [1], np.int64))
+        threshold = g.op("GatherElements", s, index, axis=1)
+        return g.op("Where", g.op("GreaterOrEqual", x, threshold), x, g.const("neg_inf_p", NEG_INF))
+
+
+@dataclass(frozen=True)
+class MinP:
+    """Keep the ids whose probability is at least `p` times the row's largest (Nguyen et al. 2024)."""
+
+    p: float
+    uses_counts: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _number("min_p", self.p, 0, 1, "must lie in (0, 1]")
+        if self.p == 0:
+            raise InvalidParameter("min_p", "must lie in (0, 1]", self.p)
+
+    def numpy(self, x: np.ndarray, rows: Rows) -> np.ndarray:
+        return np.where(x >= x.max(axis=1, keepdims=True) + np.float32(math.log(self.p)), x, NEG_INF)
+
+    def onnx(self, g: Graph, x: str, rows: Rows) -> str:
+        floor = g.op("Add", g.reduce("ReduceMax", x, 1), g.const("log_min_p", math.log(self.p)))
+        return g.op("Where", g.op("GreaterOrEqual", x, floor), x, g.const("neg_inf_min_p", NEG_INF))

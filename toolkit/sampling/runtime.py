@@ -1,0 +1,99 @@
+"""onnxruntime sessions for exported models: provider choice as it really starts, TF32 off by default on CUDA,
+and one-step execution for checks and scoring. Needs numpy and onnxruntime only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from toolkit.files import UsageError
+from toolkit.sampling import contract
+
+DEVICES = ("auto", "cuda", "cpu")
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def check_device(device: str) -> None:
+    if device not in DEVICES:
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
+
+
+@dataclass(frozen=True)
+class Model:
+    """An exported step model read from disk, with what its metadata says about it."""
+
+    path: Path
+    proto: onnx.ModelProto
+    spec: contract.StepSpec
+
+    @classmethod
+    def load(cls, path: str | Path) -> Model:
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"model {path} does not exist; export one with `python cli.py export-onnx RUN`")
+        try:
+            proto = onnx.load(str(path))
+            onnx.checker.check_model(proto)
+        except Exception as e:  # protobuf and onnx raise their own untyped errors for foreign files
+            raise UsageError(f"{path} is not a readable ONNX model ({str(e).splitlines()[0][:200]}); "
+                             "export it again with `python cli.py export-onnx RUN`") from None
+        return cls(path, proto, contract.StepSpec.from_metadata({p.key: p.value for p in proto.metadata_props}, path))
+
+
+def session(model: onnx.ModelProto | bytes, device: str = "auto", *, tf32: bool = False, cuda_graph: bool = False,
+            profile: bool = False):
+    """An InferenceSession on `device`; auto takes CUDA only where onnxruntime really starts it.
+
+    TF32 is off unless asked for: with it, CUDA logits differ from CPU by about 1e-2 (measured), which changes
+    samples; without it, by about 1e-5. `profile` records onnxruntime's per-node timings (for the benchmarks).
+    """
+    import onnxruntime as ort
+
+    check_device(device)
+    ort.set_default_logger_severity(4)  # a CUDA library that fails to load is reported below, in one line
+    providers: list = [CPU]
+    if device != "cpu" and CUDA in ort.get_available_providers():
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()
+        options = {"use_tf32": str(int(tf32)), "enable_cuda_graph": str(int(cuda_graph))}
+        providers = [(CUDA, options), CPU]
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    options = ort.SessionOptions()
+    options.enable_profiling = profile
+    try:
+        sess = ort.InferenceSession(data, options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own untyped errors
+        raise UsageError(f"onnxruntime cannot run this model ({str(e).splitlines()[0][:200]}); export it again "
+                         "with `python cli.py export-onnx RUN`") from None
+    if device == "cuda" and sess.get_providers()[0] != CUDA:
+        raise UsageError("--device cuda: onnxruntime could not start its CUDA provider on this machine "
+                         "(no GPU, or CUDA/cuDNN libraries missing); use --device cpu or auto")
+    return sess
+
+
+class OnnxStep:
+    """The exported step as a `Step` (tokens, state) -> (logits, state) on numpy arrays: for the export check,
+    scoring texts and parity tests. Sampling runs the composed graph in `toolkit.sampling.engine` instead."""
+
+    def __init__(self, model: Model | str | Path, device: str = "auto", tf32: bool = False):
+        self.model = model if isinstance(model, Model) else Model.load(model)
+        self.spec = self.model.spec
+        self.session, self.tf32 = session(self.model.proto, device, tf32=tf32), tf32
+        self.provider = self.session.get_providers()[0]
+        self.outputs = [contract.LOGITS, *map(contract.out, self.spec.states)]
+
+    def initial_state(self, rows: int) -> tuple[np.ndarray, ...]:
+        return tuple(np.zeros((self.spec.layers, rows, self.spec.units), np.float32) for _ in self.spec.states)
+
+    def __call__(self, tokens: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple]:
+        logits, *new = self.session.run(self.outputs, {contract.TOKEN: np.ascontiguousarray(tokens, np.int64),
+                                                       **dict(zip(self.spec.states, state, strict=True))})
+        return logits, tuple(new)
+
+    @staticmethod
+    def select(state: tuple[np.ndarray, ...], rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(s[:, rows] for s in state)

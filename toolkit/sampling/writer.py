@@ -1,0 +1,97 @@
+"""samples.csv or samples.parquet through pyarrow, written by a background thread so that decoding and writing one
+chunk overlap the generation of the next (onnxruntime releases the GIL while it runs)."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.files import UsageError, atomic_path
+from toolkit.sampling.config import SampleConfig
+from toolkit.sampling.reference import Batch
+from toolkit.vocab import Vocab
+
+FORMATS = ("csv", "parquet")
+COLUMNS = ("sample_id", "temperature", "prompt", "text", "length", "finished", "logprob", "seed")
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+
+
+def table(rows: np.ndarray, batch: Batch, config: SampleConfig, vocab: Vocab):
+    """One chunk as an Arrow table with the columns of COLUMNS."""
+    import pyarrow as pa
+
+    texts = vocab.decode_rows(batch.ids)
+    return pa.table({
+        "sample_id": rows, "temperature": config.row_temperatures(rows),
+        "prompt": np.asarray(config.prompts)[config.row_prompts(rows)], "text": texts,
+        "length": np.char.str_len(texts).astype(np.int32), "finished": batch.finished,
+        "logprob": batch.logprob.astype(np.float64), "seed": np.full(rows.size, config.seed, np.uint64)})
+
+
+def _open(path: Path, fmt: str, schema):
+    if fmt == "csv":
+        import pyarrow.csv
+
+        return pyarrow.csv.CSVWriter(path, schema)
+    import pyarrow.parquet
+
+    return pyarrow.parquet.ParquetWriter(path, schema, compression="zstd")
+
+
+@contextlib.contextmanager
+def sample_writer(path: Path, fmt: str, config: SampleConfig, vocab: Vocab) -> Iterator[Callable[[np.ndarray, Batch],
+                                                                                                   None]]:
+    """Yield `write(rows, batch)`; the file appears whole at `path` when the block ends, or not at all.
+
+    At most two chunks wait for the writer, so memory stays bounded by the chunk size whatever the number of rows.
+    """
+    check_format(fmt)
+    with atomic_path(path) as tmp:
+        pending: queue.Queue = queue.Queue(maxsize=2)
+        failed: list[BaseException] = []
+
+        def work() -> None:
+            writer = None
+            try:
+                while (item := pending.get()) is not None:
+                    chunk = table(*item, config, vocab)
+                    writer = writer or _open(tmp, fmt, chunk.schema)
+                    writer.write_table(chunk)
+            except BaseException as e:  # handed to the main thread below
+                failed.append(e)
+                while pending.get() is not None:  # keep draining, so the producer never blocks
+                    pass
+            finally:
+                if writer is not None:
+                    writer.close()
+
+        thread = threading.Thread(target=work, name="sample-writer", daemon=True)
+        thread.start()
+
+        def write(rows: np.ndarray, batch: Batch) -> None:
+            if failed:
+                raise _writing_error(path, failed[0])
+            pending.put((rows, batch))
+
+        try:
+            yield write
+        finally:
+            pending.put(None)
+            thread.join()
+        if failed:
+            raise _writing_error(path, failed[0])
+
+
+def _writing_error(path: Path, error: BaseException) -> BaseException:
+    if isinstance(error, OSError):
+        return UsageError(f"cannot write {path}: {error.strerror or error}; free some space or choose another --out")
+    return error
