@@ -9,8 +9,10 @@ path added by a .pth file does not have its own .pth files run).
 from __future__ import annotations
 
 import csv
+import fnmatch
 import lzma
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -34,11 +36,19 @@ def run(*cmd: str | Path, cwd: Path, timeout: float = 300) -> subprocess.Complet
     return result
 
 
+def build_leftovers(folder: str, names: list[str]) -> set[str]:
+    """What a fresh clone lacks: a stale *.egg-info/SOURCES.txt, say, would put undeclared files in the sdist."""
+    skip = {".*", "*.egg-info", "build", "dist", "runs", "reports", "__pycache__"}
+    return {n for n in names if any(fnmatch.fnmatch(n, p) for p in skip) or (Path(folder, n, "pyvenv.cfg")).exists()}
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """A fresh virtual environment with the wheel, built from the sdist, installed in it; returns its bin/."""
     tmp = tmp_path_factory.mktemp("package")
-    run(sys.executable, "-c", f"import setuptools.build_meta as b; b.build_sdist({str(tmp)!r})", cwd=ROOT)
+    source = tmp / "source"
+    shutil.copytree(ROOT, source, ignore=build_leftovers)
+    run(sys.executable, "-c", f"import setuptools.build_meta as b; b.build_sdist({str(tmp)!r})", cwd=source)
     (sdist,) = tmp.glob("charlm-*.tar.gz")
     with tarfile.open(sdist) as tar:
         assert any(name.endswith("toolkit/corpora/ag_news_test.csv.xz") for name in tar.getnames())
