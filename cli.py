@@ -42,8 +42,8 @@ def _opt(help_text: str, default: object = None) -> typer.Option:
 def train(
     out: Annotated[Path, typer.Option(help="Run directory: checkpoints, history, config, vocabulary.")] = Path(
         "runs/default"),
-    data: Annotated[str | None, _opt("tfds:NAME, an AG News .csv, or a .txt with one title per line.",
-                                     D.data)] = None,
+    data: Annotated[str | None, _opt("ag_news:test (bundled), tfds:NAME, an AG News .csv, or a .txt with one title "
+                                     "per line (.gz/.xz too).", D.data)] = None,
     val_data: Annotated[str | None, _opt("Explicit validation file (instead of the hash split).")] = None,
     field: Annotated[str | None, _opt("title, description or both.", D.field)] = None,
     val_fraction: Annotated[float | None, _opt("Share of a single file held out for validation.",

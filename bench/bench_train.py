@@ -4,7 +4,7 @@ Both train the notebook-size network (one-hot input, LSTM(128)) on the same titl
 warm-up; throughput is characters (each title's characters and its end) per second. Runs alternate, and each
 side's best of `--rounds` counts, since the machines are shared and noisy.
 
-    python bench/bench_train.py --data ../shared/data/ag_news/test.csv
+    python bench/bench_train.py --data ag_news:test
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def timed_epoch(model, ds) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/ag_news/test.csv")
+    parser.add_argument("--data", default="ag_news:test")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     args = parser.parse_args()

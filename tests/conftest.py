@@ -7,11 +7,15 @@ from pathlib import Path
 import pytest
 from helpers import AG_NEWS
 
+from toolkit.data import open_text
+
 
 @pytest.fixture(scope="session")
 def ag_news() -> Path:
+    """The AG News test split: the bundled copy, or the file CHARLM_AG_NEWS names (.csv, .csv.gz or .csv.xz)."""
     if not AG_NEWS.is_file():
-        pytest.skip(f"AG News test split not found at {AG_NEWS}; set CHARLM_AG_NEWS to its path")
+        pytest.fail(f"CHARLM_AG_NEWS names {AG_NEWS}, which is not a file; fix it, or unset it to use the bundled "
+                    "copy", pytrace=False)
     return AG_NEWS
 
 
@@ -19,7 +23,7 @@ def ag_news() -> Path:
 def small_csv(ag_news: Path, tmp_path_factory) -> Path:
     """The first 400 rows of AG News: enough for a tiny model to learn something in seconds."""
     path = tmp_path_factory.mktemp("data") / "small.csv"
-    with open(ag_news, encoding="utf-8") as f:
+    with open_text(ag_news, newline="") as f:
         path.write_text("".join(f.readline() for _ in range(400)), encoding="utf-8")
     return path
 

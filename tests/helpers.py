@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from toolkit.data import BUNDLED
+
 ROOT = Path(__file__).resolve().parent.parent
-AG_NEWS = Path(os.environ.get("CHARLM_AG_NEWS", ROOT.parent / "shared" / "data" / "ag_news" / "test.csv"))
+BUNDLED_AG_NEWS = ROOT / "toolkit" / "corpora" / BUNDLED["ag_news:test"]  # what `--data ag_news:test` reads
+AG_NEWS = Path(os.environ.get("CHARLM_AG_NEWS") or BUNDLED_AG_NEWS)  # optional override: another copy, e.g. test.csv
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

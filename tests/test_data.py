@@ -1,12 +1,19 @@
+import gzip
+import hashlib
+import lzma
+
 import pytest
+from helpers import BUNDLED_AG_NEWS, assert_usage_error, run_cli
 
 from toolkit.data import Row, in_validation, load_corpus, read_csv, read_rows, texts_of
 from toolkit.files import UsageError
 from toolkit.vocab import BREAK
 
+COMPRESS = {"": lambda data: data, ".gz": gzip.compress, ".xz": lzma.compress}
+
 
 def write(path, text):
-    path.write_text(text, encoding="utf-8")
+    path.write_bytes(COMPRESS.get(path.suffix.lower(), COMPRESS[""])(text.encode("utf-8")))
     return path
 
 
@@ -64,11 +71,73 @@ def test_fields_and_explicit_validation_file(tmp_path):
     assert texts_of([Row("t", "d"), Row("u")], "both") == ["t", f"{BREAK}d", "u"]
 
 
+def test_bundled_source_is_the_original_test_split_byte_for_byte():
+    """What toolkit/corpora/README.md promises: Zhang et al.'s test.csv, sha256 as published with the data."""
+    raw = lzma.decompress(BUNDLED_AG_NEWS.read_bytes())
+    assert hashlib.sha256(raw).hexdigest() == "521465c2428ed7f02f8d6db6ffdd4b5447c1c701962353eb2c40d548c3c85699"
+    rows, val = read_rows("ag_news:test")
+    assert rows == read_csv(BUNDLED_AG_NEWS) and len(rows) == 7600 and val is None
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".xz", ".GZ"])
+def test_compressed_csv_and_txt_read_like_plain_ones(suffix, tmp_path):
+    csv_text = '"1","Stocks, bonds rally","a ""quoted"" word"\n"2","Second","line\\two"\n'
+    txt_text = "First title\r\n\nSecond, title\n"
+    plain_csv, plain_txt = write(tmp_path / "a.csv", csv_text), write(tmp_path / "t.txt", txt_text)
+    packed_csv = write(tmp_path / f"a.csv{suffix}", csv_text)
+    packed_txt = write(tmp_path / f"t.txt{suffix}", txt_text)
+    assert read_rows(str(packed_csv)) == read_rows(str(plain_csv)) and len(read_rows(str(plain_csv))[0]) == 2
+    assert read_rows(str(packed_txt)) == read_rows(str(plain_txt)) == ([Row("First title"), Row("Second, title")],
+                                                                         None)
+
+
+def test_compressed_validation_file(tmp_path):
+    data = write(tmp_path / "a.csv.xz", "".join(f'"1","Title {i}","Desc {i}"\n' for i in range(50)))
+    corpus = load_corpus(str(data), "title", val_source=str(write(tmp_path / "v.txt.gz", "Held out\n")))
+    assert corpus.val == ["Held out"] and len(corpus.train) == 50
+
+
+def test_a_full_size_train_split_reads_whole(tmp_path):
+    """The 120,000-row ag_news_csv/train.csv is not here; a file of its length and format must read whole."""
+    rows = "".join(f'"{i % 4 + 1}","Title number {i}, with a comma","Description {i} of the story."\n'
+                   for i in range(120_000))
+    read = read_csv(write(tmp_path / "train.csv.gz", rows))
+    assert len(read) == 120_000
+    assert read[-1] == Row("Title number 119999, with a comma", "Description 119999 of the story.")
+
+
+def damaged(tmp_path):
+    """Compressed files that cannot be read: truncated, corrupt, mislabelled, or not UTF-8 inside."""
+    good = lzma.compress(b'"1","a title","a description"\n' * 2000)
+    gz = gzip.compress(b'"1","a title","a description"\n' * 2000)
+    files = {"truncated.csv.xz": good[: len(good) // 2], "truncated.txt.gz": gz[: len(gz) // 2],
+             "corrupt.csv.xz": good[:40] + bytes(40) + good[80:], "plain.csv.gz": b'"1","a","b"\n',
+             "latin1.txt.xz": lzma.compress("caf\xe9\n".encode("latin-1"))}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    return [tmp_path / name for name in files]
+
+
+def test_damaged_compressed_files_are_usage_errors(tmp_path):
+    for path in damaged(tmp_path):
+        with pytest.raises(UsageError, match=f"cannot read {path}") as error:
+            read_rows(str(path))
+        assert "\n" not in str(error.value)
+
+
+def test_cli_truncated_compressed_file_is_one_line(tmp_path):
+    path = damaged(tmp_path)[0]
+    assert_usage_error(run_cli("train", "--data", path, "--out", tmp_path / "r"), "cannot read", "not complete")
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("source, message", [
     ("nope.csv", "does not exist"), ("s3://bucket/x.csv", "unknown data source"), ("hf:ag_news", "unknown"),
+    ("ag_news:train", "tfds:ag_news_subset"), ("nope.csv.xz", "does not exist"), ("x.json.gz", "neither"),
 ])
 def test_bad_sources(source, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.json.gz").write_bytes(gzip.compress(b"{}"))
     with pytest.raises(UsageError, match=message):
         load_corpus(source)
 

@@ -1,4 +1,4 @@
-"""Data sources (TFDS, AG News CSV, one title per line) and the deterministic validation split.
+"""Data sources (the bundled AG News test split, TFDS, AG News CSV, one title per line) and the validation split.
 
 Nothing here imports TensorFlow at module level: sampling and reports read training titles too.
 """
@@ -6,16 +6,24 @@ Nothing here imports TensorFlow at module level: sampling and reports read train
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
+import lzma
 import sys
+import zlib
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import TextIO
 
 from toolkit.files import UsageError
 from toolkit.vocab import BREAK
 
 FIELDS = ("title", "description", "both")
 TFDS_SCHEME = "tfds:"
+BUNDLED = {"ag_news:test": "ag_news_test.csv.xz"}  # named source -> file in toolkit/corpora/ (see its README)
+OPENERS = {".gz": gzip.open, ".xz": lzma.open}  # compressed files are decompressed while they are read
+DAMAGED = (EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile)  # a truncated or corrupt compressed file
 
 
 @dataclass(frozen=True)
@@ -37,18 +45,30 @@ def read_rows(source: str) -> tuple[list[Row], list[Row] | None]:
     """Read a data source; returns (rows, validation rows when the source has its own split)."""
     if source.startswith(TFDS_SCHEME):
         return _read_tfds(source.removeprefix(TFDS_SCHEME))
+    if source in BUNDLED:
+        with resources.as_file(resources.files("toolkit") / "corpora" / BUNDLED[source]) as path:
+            return read_csv(path), None
     scheme, colon, _ = source.partition(":")
     if colon and len(scheme) > 1 and not Path(source).exists():  # one letter is a Windows drive
-        raise UsageError(f"unknown data source {source!r}: use tfds:ag_news_subset, a .csv in the AG News "
-                         "format, or a .txt file with one title per line")
+        raise UsageError(f"unknown data source {source!r}: use {' or '.join(BUNDLED)} (bundled), "
+                         "tfds:ag_news_subset (downloads), a .csv in the AG News format, or a .txt file with one "
+                         "title per line (either may end in .gz or .xz)")
     path = Path(source)
     if not path.is_file():
-        raise UsageError(f"data file {source} does not exist; pass an existing .csv or .txt file")
-    if path.suffix.lower() == ".csv":
+        raise UsageError(f"data file {source} does not exist; pass an existing .csv or .txt file (or "
+                         f"{' or '.join(BUNDLED)})")
+    kind = path.with_suffix("").suffix if path.suffix.lower() in OPENERS else path.suffix
+    if kind.lower() == ".csv":
         return read_csv(path), None
-    if path.suffix.lower() == ".txt":
+    if kind.lower() == ".txt":
         return read_txt(path), None
-    raise UsageError(f"data file {source} is neither .csv (AG News format) nor .txt (one title per line)")
+    raise UsageError(f"data file {source} is neither .csv (AG News format) nor .txt (one title per line), "
+                     "nor either compressed as .gz or .xz")
+
+
+def open_text(path: Path, newline: str | None = None) -> TextIO:
+    """Open a UTF-8 text file for reading as a stream; a .gz or .xz file is decompressed on the way."""
+    return OPENERS.get(path.suffix.lower(), open)(path, "rt", encoding="utf-8", newline=newline)
 
 
 def read_csv(path: Path) -> list[Row]:
@@ -56,7 +76,7 @@ def read_csv(path: Path) -> list[Row]:
     csv.field_size_limit(sys.maxsize)
     rows = []
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open_text(path, newline="") as f:
             reader = csv.reader(f)
             for record in reader:
                 if len(record) != 3:
@@ -68,18 +88,26 @@ def read_csv(path: Path) -> list[Row]:
                 if reader.line_num == 1 and not label.strip().isdigit():
                     continue  # a header such as "Class Index,Title,Description"
                 rows.append(Row(title, description))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UsageError(f"cannot read {path}: {e}; pass a UTF-8 CSV in the AG News format") from None
+    except (OSError, UnicodeDecodeError, csv.Error, *DAMAGED) as e:
+        raise _unreadable(path, e, "a UTF-8 CSV in the AG News format") from None
     return rows
 
 
 def read_txt(path: Path) -> list[Row]:
     """One title per line; blank lines are skipped."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read {path}: {e}; pass a UTF-8 text file with one title per line") from None
-    return [Row(line) for line in text.splitlines() if line.strip()]
+        with open_text(path) as f:
+            return [Row(line.removesuffix("\n")) for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError, *DAMAGED) as e:
+        raise _unreadable(path, e, "a UTF-8 text file with one title per line") from None
+
+
+def _unreadable(path: Path, e: Exception, wanted: str) -> UsageError:
+    """One line for a file that cannot be read, saying when a compressed file is the problem."""
+    reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, DAMAGED):
+        reason += f" (not complete, valid {path.suffix.lower()} data: truncated, damaged or misnamed)"
+    return UsageError(f"cannot read {path}: {reason}; pass {wanted}")
 
 
 def _read_tfds(name: str) -> tuple[list[Row], list[Row]]:
