@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--extra", default="", help="more sample-batch flags for both, e.g. '--top-p 0.9'")
     args = parser.parse_args()
     for run in args.run:
-        model = run / "model.onnx"
+        model = (run / "model.onnx").resolve()
         base, ours = [], []
         for _ in range(args.rounds):
             base.append(command_rate(args.baseline, model, args.n, args.temps, args.extra.split()))

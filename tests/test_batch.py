@@ -126,3 +126,22 @@ def test_temperature_lists_and_ranges(text, message):
 def test_negative_or_nan_temperatures_are_refused(temps):
     with pytest.raises(InvalidParameter, match="temperatures"):
         sampling_config(temps)
+
+
+def test_a_second_command_on_the_same_directory_is_refused_while_the_first_runs(model, tmp_path):
+    from toolkit.files import exclusive
+
+    with exclusive(tmp_path / "out"), pytest.raises(UsageError, match="another command is writing"):
+        sample_batch(model, tmp_path / "out", SampleConfig((1.0,), n=5), device="cpu")  # as if another held it
+    assert not (tmp_path / "out" / "samples.csv").exists()
+    sample_batch(model, tmp_path / "out", SampleConfig((1.0,), n=5), device="cpu")  # free again afterwards
+    assert len(read(tmp_path / "out")) == 5
+
+
+def test_a_new_run_clears_what_described_the_old_samples(model, tmp_path):
+    sample_batch(model, tmp_path, SampleConfig((1.0,), n=5), device="cpu")
+    for name in ("metrics.csv", "report.html", "reference.json.xz"):
+        (tmp_path / name).write_text("old")
+    sample_batch(model, tmp_path, SampleConfig((1.0,), n=5), device="cpu", fmt="parquet")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["run.json",
+                                                                                         "samples.parquet"]

@@ -38,6 +38,39 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def exclusive(directory: str | os.PathLike) -> Iterator[None]:
+    """Hold a lock on `directory` (created if need be) while the block runs; a second command writing the same
+    directory meanwhile is refused, so a directory never ends up holding files of two runs."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / ".charlm.lock", os.O_CREAT | os.O_RDWR, 0o666)
+    except OSError as e:
+        raise UsageError(f"cannot write {directory}: {e.strerror}; choose a writable location") from None
+    try:
+        try:
+            _lock(fd)
+        except OSError:
+            raise UsageError(f"another command is writing {directory}; wait for it to finish or choose another "
+                             "output directory") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock, also when the process dies
+
+
+def _lock(fd: int) -> None:
+    """A non-blocking exclusive lock on an open file: flock on POSIX, msvcrt.locking on Windows."""
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write a whole text file atomically."""
     write_bytes(path, text.encode("utf-8"))
@@ -46,4 +79,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a whole file atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+        try:
+            tmp.write_bytes(data)
+        except OSError as e:
+            raise UsageError(f"cannot write {path}: {e.strerror}; free some space or choose another location") \
+                from None

@@ -12,15 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.files import UsageError, write_bytes, write_text
+from toolkit.files import UsageError, exclusive, write_bytes, write_text
 from toolkit.sampling.config import SampleConfig
 from toolkit.sampling.engine import Engine
 from toolkit.sampling.runtime import OnnxStep
-from toolkit.sampling.writer import check_format, sample_writer
+from toolkit.sampling.writer import FORMATS, check_format, sample_writer
 
 CHUNK_ROWS = {"cpu": 1024, "cuda": 65_536}  # the default --batch-size: see docs/benchmarks.md
 MAX_CHUNK_ROWS = 2**24
 REFERENCE_FILE = "reference.json.xz"
+STALE = ("metrics.csv", "report.html")  # the report of earlier samples in the same directory
 
 
 @dataclass(frozen=True)
@@ -58,22 +59,28 @@ def sample_batch(model: str | Path, out: str | Path, config: SampleConfig, *, de
     step = step or OnnxStep(model, device, tf32)
     engine = Engine(step, config, **engine_options)
     batch_size = batch_size or CHUNK_ROWS[engine.device]
-    characters, started = 0, time.perf_counter()
-    with sample_writer(out / f"samples.{fmt}", fmt, config, step.spec.vocab) as write:
-        for first in range(0, config.rows, batch_size):
-            rows = np.arange(first, min(first + batch_size, config.rows))
-            batch = engine.generate(rows)
-            write(rows, batch)
-            characters += int(np.count_nonzero(batch.ids))
-            if progress:
-                progress(int(rows[-1]) + 1, characters)
-        seconds = time.perf_counter() - started
-    run = SampleRun(str(model), engine.provider, tf32, engine.cuda_graph, engine.cuda_graph_error, batch_size,
-                    engine.sync_every, fmt, config.rows, characters, seconds)
-    if step.spec.reference is not None:
-        write_bytes(out / REFERENCE_FILE, step.spec.reference)
-    write_text(out / "run.json", json.dumps({
-        **dataclasses.asdict(run), "chars_per_second": run.chars_per_second, "sampling": config.to_dict(),
-        "train_config": step.spec.config, "data_fingerprint": step.spec.fingerprint,
-        "precision": step.spec.precision}, indent=2))
+    with exclusive(out):
+        characters, started = 0, time.perf_counter()
+        with sample_writer(out / f"samples.{fmt}", fmt, config, step.spec.vocab) as write:
+            for first in range(0, config.rows, batch_size):
+                rows = np.arange(first, min(first + batch_size, config.rows))
+                batch = engine.generate(rows)
+                write(rows, batch)
+                characters += int(np.count_nonzero(batch.ids))
+                if progress:
+                    progress(int(rows[-1]) + 1, characters)
+            seconds = time.perf_counter() - started
+        run = SampleRun(str(model), engine.provider, tf32, engine.cuda_graph, engine.cuda_graph_error, batch_size,
+                        engine.sync_every, fmt, config.rows, characters, seconds)
+        stale = [*STALE, *(f"samples.{other}" for other in FORMATS if other != fmt)]
+        if step.spec.reference is None:
+            stale.append(REFERENCE_FILE)
+        else:
+            write_bytes(out / REFERENCE_FILE, step.spec.reference)
+        for name in stale:
+            (out / name).unlink(missing_ok=True)  # what an earlier run left here no longer describes these samples
+        write_text(out / "run.json", json.dumps({
+            **dataclasses.asdict(run), "chars_per_second": run.chars_per_second, "sampling": config.to_dict(),
+            "train_config": step.spec.config, "data_fingerprint": step.spec.fingerprint,
+            "precision": step.spec.precision}, indent=2))
     return run

@@ -79,27 +79,37 @@ class Engine:
         self.cuda_graph = self.device == "cuda" if cuda_graph is None else cuda_graph and self.device == "cuda"
         self.carried, self.constants = carried(self.spec, config), constants(config)
         self.cuda_graph_error: str | None = None
-        self.graph, self.tf32 = compose(self.model.proto, self.spec, config, self.sync_every), step.tf32
-        self.session = session(self.graph, self.device, tf32=step.tf32, cuda_graph=self.cuda_graph, profile=profile)
+        self.graph, self.tf32, self.profile = compose(self.model.proto, self.spec, config, self.sync_every), \
+            step.tf32, profile
+        self._buffers: dict[int, _Buffers] = {}
+        try:
+            self.session = session(self.graph, self.device, tf32=self.tf32, cuda_graph=self.cuda_graph,
+                                   profile=profile)
+        except UsageError as e:
+            if not self.cuda_graph:
+                raise
+            self._without_cuda_graph(e)
         self.provider = self.session.get_providers()[0]
         self.selector = session(_select_graph(self.spec, [t for t in [*self.carried, *self.constants]
                                                           if t.name != HISTORY]), self.device)
-        self._buffers: dict[int, _Buffers] = {}
+
+    def _without_cuda_graph(self, error: Exception) -> None:
+        """Go on without CUDA graphs (same samples, more launch overhead), saying why in `cuda_graph_error`."""
+        self.cuda_graph, self.cuda_graph_error = False, str(error).splitlines()[0][:300]
+        self.session = session(self.graph, self.device, tf32=self.tf32, profile=self.profile)
+        self._buffers.clear()
 
     def generate(self, rows: np.ndarray) -> Batch:
         """Sample the given global rows of the config; a row's text depends only on (seed, row).
 
-        Should onnxruntime fail to capture or replay a CUDA graph, the engine goes on without graphs (same
-        samples, more launch overhead) and says why in `cuda_graph_error`.
+        Should onnxruntime fail to capture or replay a CUDA graph, the engine goes on without graphs.
         """
         try:
             return self._generate(np.asarray(rows, np.int64))
         except Exception as e:  # onnxruntime's errors are untyped; without graphs any error raises again below
             if not self.cuda_graph:
                 raise
-            self.cuda_graph, self.cuda_graph_error = False, str(e).splitlines()[0][:300]
-            self.session = session(self.graph, self.device, tf32=self.tf32)
-            self._buffers.clear()
+            self._without_cuda_graph(e)
             return self._generate(np.asarray(rows, np.int64))
 
     def _generate(self, rows: np.ndarray) -> Batch:
@@ -113,11 +123,10 @@ class Engine:
         side, t = 0, 0
         while True:
             k = min(self.sync_every, self.config.max_len - t)
-            for _ in range(k):
-                self.session.run_with_iobinding(buf.bindings[side], buf.run_options[side])
+            for i in range(k):  # the last step of the block waits for the device, so its outputs can be read
+                self.session.run_with_iobinding(buf.bindings[side], buf.run_options[side][i == k - 1])
                 side ^= 1
             t += k
-            buf.bindings[side ^ 1].synchronize_outputs()  # the last run wrote to side `side`
             now = buf.sides[side]
             block, done, total = now[HISTORY].numpy()[-k:], now[DONE].numpy(), now[LOGPROB].numpy()
             ids[slot[live], t - k:t] = block[:, live].T
@@ -156,12 +165,13 @@ class Engine:
                 for name, value in sides[target].items():
                     binding.bind_ortvalue_output(contract.out(name), value)
                 bindings.append(binding)
-                run_options = ort.RunOptions()
-                if self.device == "cuda":  # return at once: the GPU works while the host queues the next step
-                    run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-                    if self.cuda_graph:
+                asynchronous, synchronous = ort.RunOptions(), ort.RunOptions()
+                # return at once: the GPU works while the host queues the next step
+                asynchronous.add_run_config_entry("disable_synchronize_execution_providers", "1")
+                if self.cuda_graph:
+                    for run_options in (asynchronous, synchronous):
                         run_options.add_run_config_entry("gpu_graph_id", str(2 * len(self._buffers) + source))
-                options.append(run_options)
+                options.append((asynchronous, synchronous))
             self._buffers[rows] = _Buffers(rows, sides, consts, tuple(bindings), tuple(options))
         return self._buffers[rows]
 

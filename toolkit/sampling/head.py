@@ -76,7 +76,7 @@ def compose(step: onnx.ModelProto, spec: contract.StepSpec, config: SampleConfig
     model.CopyFrom(step)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     g = Graph(np.float32, opset, prefix="head_", vocab=spec.vocab.size)
-    rows = Rows(TEMPERATURE, COUNTS if config.uses_counts else None)
+    rows = Rows(TEMPERATURE, COUNTS if config.uses_counts else None, greedy=0 in config.temperatures)
     x = Ban().onnx(g, contract.LOGITS, rows)
     for processor in config.processors:
         x = processor.onnx(g, x, rows)

@@ -43,6 +43,7 @@ class Rows:
 
     temperature: Any  # [rows] float32; 0 = greedy
     counts: Any = None  # [rows, vocab] float32: how often each id was drawn so far (only when a processor needs it)
+    greedy: bool = True  # some row may have temperature 0 (False lets a graph leave out the greedy rows' nodes)
 
 
 class Processor(Protocol):
@@ -114,14 +115,16 @@ class Temperature:
 
     def numpy(self, x: np.ndarray, rows: Rows) -> np.ndarray:
         t = np.asarray(rows.temperature, np.float32)[:, None]
-        scaled = x / np.where(t > 0, t, np.float32(1))
+        scaled = x * (np.float32(1) / np.where(t > 0, t, np.float32(1)))
         keep = (t > 0) | (x >= x.max(axis=1, keepdims=True))
         return np.where(keep, scaled, NEG_INF)
 
     def onnx(self, g: Graph, x: str, rows: Rows) -> str:
         t = g.op("Unsqueeze", rows.temperature, g.const("axis1", [1], np.int64))
         positive = g.op("Greater", t, g.const("zero_t", 0.0))
-        scaled = g.op("Div", x, g.op("Where", positive, t, g.const("one_t", 1.0)))
+        scaled = g.op("Mul", x, g.op("Reciprocal", g.op("Where", positive, t, g.const("one_t", 1.0))))
+        if not rows.greedy:
+            return scaled
         keep = g.op("Or", positive, g.op("GreaterOrEqual", x, g.reduce("ReduceMax", x, 1)))
         return g.op("Where", keep, scaled, g.const("neg_inf_t", NEG_INF))
 

@@ -34,7 +34,8 @@ class Model:
     def load(cls, path: str | Path) -> Model:
         path = Path(path)
         if not path.is_file():
-            raise UsageError(f"model {path} does not exist; export one with `python cli.py export-onnx RUN`")
+            raise UsageError(f"model {path} {'is not a file' if path.exists() else 'does not exist'}; pass an .onnx "
+                             "file made by `python cli.py export-onnx RUN`")
         try:
             proto = onnx.load(str(path))
             onnx.checker.check_model(proto)
