@@ -142,11 +142,14 @@ def torch_rate(step: OnnxStep, rows: int, repeats: int, torch, device: str, chec
     dtype = torch.float16 if spec.precision == "float16" else torch.float32
     on = "cuda" if device == "cuda" else "cpu"
 
-    def w(name):
-        return torch.from_numpy(np.asarray(weights[name])).to(on, dtype)
-
     u, layers, lstm = spec.units, spec.layers, spec.cell == "lstm"
-    table, head, head_bias = w("input_table"), w("head_kernel"), w("head_bias").float()
+    order = "ifoc" if lstm else "zrh"  # gates side by side: one product per layer, the gates as views
+
+    def w(name, gated=True):
+        value = np.concatenate([weights[f"{name}_{g}"] for g in order], axis=-1) if gated else weights[name]
+        return torch.from_numpy(np.array(value)).to(on, dtype)
+
+    table, head, head_bias = w("input_table"), w("head_kernel", False), w("head_bias", False).float()
     recurrent = [w(f"recurrent_kernel_{i}") for i in range(layers)]
     inner = [(w(f"kernel_{i}"), w(f"bias_{i}")) for i in range(1, layers)]
     rec_bias = [w(f"recurrent_bias_{i}") for i in range(layers)] if not lstm else []

@@ -1,9 +1,9 @@
 """`export-onnx`: one step of a trained run as a lean, self-describing ONNX graph, checked against Keras.
 
 The graph is written node by node from the Keras weights rather than traced, so that it holds only what a step
-needs: the embedding (or one-hot) and the first layer's input projection fold into one gather from a
-[vocab, gates * units] table, LSTM gates are reordered so that one Sigmoid and one Tanh cover them, and the
-state of all layers travels as one [layers, batch, units] tensor per kind (h, and c for LSTM).
+needs: the embedding (or one-hot) and the first layer's input projection fold into one gather per gate from a
+[vocab, units] table, and the state of all layers travels as one [layers, batch, units] tensor per kind (h, and c
+for LSTM).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ TOLERANCE = 1e-4  # float32: largest |logit difference| Keras vs onnxruntime ove
 TOLERANCE_FP16 = 5e-2  # half precision: see docs/benchmarks.md ("fp16 export") for why
 CHECK_STEPS, CHECK_BATCH = 256, 8
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 13, 26, 17  # 26: the newest onnxruntime 1.31 loads
+LSTM_GATES, GRU_GATES = "ifco", "zrh"  # Keras' order of the gates in its weight matrices
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,6 @@ class Weights:
         return self.layers[0].recurrent.shape[0]
 
 
-def _lstm_gate_order(w: np.ndarray) -> np.ndarray:
-    """Keras orders LSTM gates i, f, c, o; we use i, f, o, c so the three sigmoid gates are contiguous."""
-    i, f, c, o = np.split(w, 4, axis=-1)
-    return np.concatenate([i, f, o, c], axis=-1)
-
-
 def read_weights(model) -> Weights:
     """The arrays of a model built by toolkit.model.build_model, in the layout the graph uses."""
     from toolkit.model import rnn_layers
@@ -68,7 +63,7 @@ def read_weights(model) -> Weights:
     for rnn in cell_layers:
         kernel, recurrent, bias = (np.asarray(w, np.float32) for w in rnn.cell.get_weights())
         if cell == "lstm":
-            layers.append(Layer(*map(_lstm_gate_order, (kernel, recurrent, bias)), None))
+            layers.append(Layer(kernel, recurrent, bias, None))
         elif bias.ndim == 2:  # reset_after=True, Keras' default: [input bias, recurrent bias]
             layers.append(Layer(kernel, recurrent, bias[0], bias[1]))
         else:
@@ -80,59 +75,70 @@ def read_weights(model) -> Weights:
 
 def build_step_graph(w: Weights, metadata: dict[str, str], opset: int = DEFAULT_OPSET,
                      fp16: bool = False) -> onnx.ModelProto:
-    """The single-step model. Inputs and outputs are float32 at the boundary, whatever the weights are."""
+    """The single-step model. Inputs and outputs are float32 at the boundary, whatever the weights are.
+
+    Each gate has its own input table and recurrent matrix, so no tensor is ever split: onnxruntime copies every
+    Split or Slice (it has no views), and those copies were the largest single cost of a step on a GPU. A one-layer
+    model keeps its state [1, rows, units] from input to output, so h_out and c_out are written in place.
+    """
     dtype = np.float16 if fp16 else np.float32
     g, units, n = Graph(dtype, opset), w.units, len(w.layers)
     tensor = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
+    lstm = w.cell == "lstm"
+    gates = LSTM_GATES if lstm else GRU_GATES
 
     def boundary_in(name: str) -> str:
         return g.op("Cast", name, to=tensor, name=f"{name}_cast") if fp16 else name
 
-    def output(op: str, *inputs: str, name: str, **attrs) -> None:
+    def output(op: str, *inputs: str, name: str, **attrs) -> str:
         """The node that makes a graph output: named after it, followed by a Cast in half precision."""
         if fp16:
-            g.op("Cast", g.op(op, *inputs, **attrs), name=name, to=TensorProto.FLOAT)
-        else:
-            g.op(op, *inputs, name=name, **attrs)
+            inner = g.op(op, *inputs, **attrs)
+            g.op("Cast", inner, name=name, to=TensorProto.FLOAT)
+            return inner
+        return g.op(op, *inputs, name=name, **attrs)
+
+    def by_gate(name: str, matrix: np.ndarray) -> dict[str, str]:
+        return {gate: g.const(f"{name}_{gate}", part)
+                for gate, part in zip(gates, np.split(matrix, len(gates), axis=-1), strict=True)}
 
     kinds = contract.STATES[w.cell]
     state = {k: boundary_in(k) for k in kinds}
     first = w.layers[0]
-    table = g.const("input_table", w.embedding @ first.kernel + first.bias)  # embedding, projection, bias
-    x = g.op("Gather", table, contract.TOKEN, axis=0, name="input_projection")
+    tables = by_gate("input_table", w.embedding @ first.kernel + first.bias)  # embedding, projection, bias
+    x = {gate: g.op("Gather", table, contract.TOKEN, axis=0, name=f"input_{gate}") for gate, table in tables.items()}
     news: dict[str, list[str]] = {k: [] for k in kinds}
     for i, layer in enumerate(w.layers):
+        last = n == 1  # then the layer's results are the graph's outputs
         index = g.const(f"layer_{i}", np.int64(i), np.int64)
-        prev = {k: g.op("Gather", state[k], index, axis=0, name=f"{k}_{i}") for k in kinds}
+        prev = {k: state[k] if n == 1 else g.op("Gather", state[k], index, axis=0, name=f"{k}_{i}") for k in kinds}
         if i:
-            x = g.op("Gemm", x, g.const(f"kernel_{i}", layer.kernel), g.const(f"bias_{i}", layer.bias))
-        recurrent = g.const(f"recurrent_kernel_{i}", layer.recurrent)
-        if w.cell == "lstm":
-            sizes = g.const(f"split_{i}", [3 * units, units], np.int64)
-            z = g.op("Gemm", prev["h"], recurrent, x)  # h U + x W + b in one call
-            gates, cand = g.op("Split", z, sizes, axis=1, outputs=2, name=f"gates_{i}")
-            in_gate, forget, out_gate = g.op("Split", g.op("Sigmoid", gates), g.const(
-                f"split3_{i}", [units] * 3, np.int64), axis=1, outputs=3, name=f"ifo_{i}")
-            c = g.op("Add", g.op("Mul", forget, prev["c"]), g.op("Mul", in_gate, g.op("Tanh", cand)))
-            h = g.op("Mul", out_gate, g.op("Tanh", c))
+            kernels, biases = by_gate(f"kernel_{i}", layer.kernel), by_gate(f"bias_{i}", layer.bias)
+            x = {gate: g.op("Gemm", news["h"][-1], kernels[gate], biases[gate]) for gate in gates}
+        recurrent = by_gate(f"recurrent_kernel_{i}", layer.recurrent)
+        if lstm:
+            z = {gate: g.op("Add", g.op("MatMul", prev["h"], recurrent[gate]), x[gate]) for gate in gates}
+            in_gate, forget, out_gate = (g.op("Sigmoid", z[gate]) for gate in "ifo")
+            args = ("Add", g.op("Mul", forget, prev["c"]), g.op("Mul", in_gate, g.op("Tanh", z["c"])))
+            c = output(*args, name=contract.out("c")) if last else g.op(*args)
+            args = ("Mul", out_gate, g.op("Tanh", c))
+            h = output(*args, name=contract.out("h")) if last else g.op(*args)
             news["c"].append(c)
-        else:
-            rec = g.op("Gemm", prev["h"], recurrent, g.const(f"recurrent_bias_{i}", layer.recurrent_bias))
-            sizes = g.const(f"split_{i}", [2 * units, units], np.int64)
-            x_zr, x_h = g.op("Split", x, sizes, axis=1, outputs=2, name=f"x_gates_{i}")
-            r_zr, r_h = g.op("Split", rec, sizes, axis=1, outputs=2, name=f"r_gates_{i}")
-            z, r = g.op("Split", g.op("Sigmoid", g.op("Add", x_zr, r_zr)), g.const(
-                f"split2_{i}", [units, units], np.int64), axis=1, outputs=2, name=f"zr_{i}")
-            cand = g.op("Tanh", g.op("Add", x_h, g.op("Mul", r, r_h)))
-            h = g.op("Add", cand, g.op("Mul", z, g.op("Sub", prev["h"], cand)))  # z*h + (1-z)*cand
+        else:  # reset_after: r multiplies (h U_h + b_h)
+            rec_bias = by_gate(f"recurrent_bias_{i}", layer.recurrent_bias)
+            rec = {gate: g.op("Add", g.op("MatMul", prev["h"], recurrent[gate]), rec_bias[gate]) for gate in gates}
+            update, reset = (g.op("Sigmoid", g.op("Add", x[gate], rec[gate])) for gate in "zr")
+            cand = g.op("Tanh", g.op("Add", x["h"], g.op("Mul", reset, rec["h"])))
+            args = ("Add", cand, g.op("Mul", update, g.op("Sub", prev["h"], cand)))  # z*h + (1-z)*cand
+            h = output(*args, name=contract.out("h")) if last else g.op(*args)
         news["h"].append(h)
-        x = h
-    output("Gemm", x, g.const("head_kernel", w.head[0]), g.const("head_bias", w.head[1]), name=contract.LOGITS)
-    axis0 = g.const("axis0", [0], np.int64)
-    for k in kinds:
-        if n == 1:
-            output("Unsqueeze", news[k][0], axis0, name=contract.out(k))
-        else:
+    top = news["h"][-1]
+    if n == 1:
+        top = g.op("Squeeze", top, g.const("axis0", [0], np.int64))
+    output("Gemm", top, g.const("head_kernel", w.head[0]), g.const("head_bias", w.head[1]), name=contract.LOGITS)
+    if n > 1:
+        axis0 = g.const("axis0", [0], np.int64)
+        for k in kinds:
             output("Concat", *(g.op("Unsqueeze", v, axis0) for v in news[k]), axis=0, name=contract.out(k))
 
     vocab_size = w.embedding.shape[0]

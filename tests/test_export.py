@@ -35,18 +35,28 @@ def test_onnx_step_reproduces_keras(cell, layers, embedding_dim, tmp_path):
     assert max_logit_difference(model, path, 30) < 1e-4
 
 
-def test_the_graph_is_one_gather_then_the_recurrence(tmp_path):
+def test_the_graph_gathers_each_gate_and_never_splits(tmp_path):
     model = scrambled_model(np.random.default_rng(1), cell="lstm", layers=2, units=8, embedding_dim=4)
     graph = build_step_graph(read_weights(model), {}).graph
     ops = Counter(node.op_type for node in graph.node)
-    assert ops["Gemm"] == 2 + 1 + 1  # recurrent per layer, input of layer 2, output head: none for the embedding
-    assert ops["MatMul"] == 0 and ops["Gather"] == 1 + 2 * 2  # the input table, then h and c of each layer
-    table = next(t for t in graph.initializer if t.name == "input_table")
-    assert list(table.dims) == [30, 4 * 8]
+    assert ops["Split"] == ops["Slice"] == 0  # onnxruntime copies what it splits
+    assert ops["MatMul"] == 4 * 2 and ops["Gemm"] == 4 + 1  # recurrent per gate and layer; layer 2's inputs, head
+    assert ops["Gather"] == 4 + 2 * 2  # an input table per gate (embedding folded in), then h and c of each layer
+    tables = [t for t in graph.initializer if t.name.startswith("input_table")]
+    assert len(tables) == 4 and all(list(t.dims) == [30, 8] for t in tables)
     assert [i.name for i in graph.input] == ["token", "h", "c"]
     assert [o.name for o in graph.output] == ["logits", "h_out", "c_out"]
     dims = [d.dim_param or d.dim_value for d in graph.input[1].type.tensor_type.shape.dim]
     assert dims == [2, "batch", 8]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_one_layer_step_writes_its_state_outputs_directly(cell):
+    model = scrambled_model(np.random.default_rng(2), cell=cell, layers=1, units=8, embedding_dim=4)
+    graph = build_step_graph(read_weights(model), {}).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    assert all(producers[o.name] in ("Add", "Mul") for o in graph.output[1:])  # no copy through (Un)squeeze
+    assert not any(n.op_type == "Gather" and n.input[0] in ("h", "c") for n in graph.node)
 
 
 def test_metadata_describes_the_model_and_its_run(tiny_run, tiny_onnx):
@@ -73,7 +83,8 @@ def test_half_precision_export_stays_close(tiny_run, tmp_path):
     result = export(tiny_run, tmp_path / "m16.onnx", fp16=True)
     assert result.max_abs_diff <= onnx_export.TOLERANCE_FP16
     weights = onnx.load(result.path).graph.initializer
-    assert next(t for t in weights if t.name == "input_table").data_type == onnx.TensorProto.FLOAT16
+    tables = [t for t in weights if t.name.startswith("input_table")]
+    assert tables and all(t.data_type == onnx.TensorProto.FLOAT16 for t in tables)
     step = OnnxStep(result.path, device="cpu")
     logits, state = step(np.ones(3, np.int64), step.initial_state(3))
     assert logits.dtype == np.float32 and state[0].dtype == np.float32

@@ -61,14 +61,19 @@ def uniforms_onnx(g: Graph, key: np.uint64, counter: str, step: str) -> str:
     return g.op("Mul", g.op("Add", g.op("Cast", bits, to=1), g.const("half_bit", 0.5)), g.const("bit", 2.0**-23))
 
 
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def draw(x: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """One id per row by inverse CDF: the first id whose running weight reaches u * total."""
-    cdf = np.cumsum(np.exp(x - x.max(axis=1, keepdims=True)), axis=1)
+    """One id per row by inverse CDF: the first id whose running probability reaches u * total."""
+    cdf = np.cumsum(softmax(x), axis=1)
     return np.count_nonzero(cdf < u[:, None] * cdf[:, -1:], axis=1)
 
 
 def draw_onnx(g: Graph, x: str, u: str) -> str:
-    cdf = g.op("CumSum", g.op("Exp", g.op("Sub", x, g.reduce("ReduceMax", x, 1))), g.const("cdf_axis", 1, np.int64))
+    cdf = g.op("CumSum", g.op("Softmax", x, axis=1), g.const("cdf_axis", 1, np.int64))  # Softmax: one kernel
     total = g.op("Slice", cdf, *(g.const(f"total_{n}", [v], np.int64) for n, v in
                                  (("start", -1), ("end", g.vocab), ("axis", 1))))
     below = g.op("Less", cdf, g.op("Mul", g.op("Unsqueeze", u, g.const("u_axis", [1], np.int64)), total))
@@ -78,12 +83,11 @@ def draw_onnx(g: Graph, x: str, u: str) -> str:
 def log_prob(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """The model's own log-probability of each row's id (raw logits: no temperature, no processor)."""
     top = logits.max(axis=1, keepdims=True)
-    total = np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0]
-    return np.take_along_axis(logits, ids[:, None], axis=1)[:, 0] - total
+    log_softmax = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+    return np.take_along_axis(log_softmax, ids[:, None], axis=1)[:, 0]
 
 
 def log_prob_onnx(g: Graph, logits: str, ids: str) -> str:
-    top = g.reduce("ReduceMax", logits, 1)
-    total = g.op("Add", g.op("Log", g.reduce("ReduceSum", g.op("Exp", g.op("Sub", logits, top)), 1)), top)
-    chosen = g.op("GatherElements", logits, g.op("Unsqueeze", ids, g.const("id_axis", [1], np.int64)), axis=1)
-    return g.op("Squeeze", g.op("Sub", chosen, total), g.const("lp_axis", [1], np.int64))
+    chosen = g.op("GatherElements", g.op("LogSoftmax", logits, axis=1),
+                  g.op("Unsqueeze", ids, g.const("id_axis", [1], np.int64)), axis=1)
+    return g.op("Squeeze", chosen, g.const("lp_axis", [1], np.int64))

@@ -10,6 +10,7 @@ before), so each size has fixed buffers and, on CUDA, captured CUDA graphs that 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -27,16 +28,16 @@ from toolkit.sampling.head import (
     FORCED,
     HISTORY,
     LOGPROB,
-    STEP,
     TEMPERATURE,
     Tensor,
     carried,
     compose,
     constants,
+    history_dtype,
 )
-from toolkit.sampling.reference import Batch, finish, forced_ids
+from toolkit.sampling.reference import Batch, forced_ids
 from toolkit.sampling.runtime import CUDA, OnnxStep, session
-from toolkit.vocab import BOS
+from toolkit.vocab import BOS, EOS, PAD
 
 SYNC_EVERY = {"cpu": 8, "cuda": 16}  # steps between reads of the history: see docs/benchmarks.md
 SHRINK = {"cpu": 7 / 8, "cuda": 3 / 4}  # each buffer size of the ladder, relative to the one before
@@ -49,6 +50,25 @@ def ladder(rows: int, shrink: float, floor: int = 1) -> list[int]:
     while (smaller := min(sizes[-1] - 1, math.ceil(sizes[-1] * shrink))) >= max(floor, 1):
         sizes.append(smaller)
     return sizes
+
+
+class _Chunk:
+    """The host's side of a chunk: ids (time-major, so a block is a few contiguous rows), finished, logprob."""
+
+    def __init__(self, rows: int, max_len: int, dtype: np.dtype):
+        self.ids = np.zeros((max_len, rows), dtype)
+        self.finished = np.zeros(rows, bool)
+        self.logprob = np.zeros(rows, np.float32)
+
+    def store(self, block: np.ndarray, rows: np.ndarray, ended: np.ndarray, start: int) -> None:
+        """Ids of `rows` for the steps from `start`; rows that `ended` in the block lose what follows their <eos>."""
+        k = block.shape[0]
+        self.ids[start:start + k, rows] = block
+        if ended.any():
+            tail = block[:, ended]
+            after = np.arange(k)[:, None] >= (tail == EOS).argmax(axis=0)[None]
+            self.ids[start:start + k, rows[ended]] = np.where(after, PAD, tail)
+            self.finished[rows[ended]] = True
 
 
 @dataclass
@@ -92,6 +112,7 @@ class Engine:
         self.provider = self.session.get_providers()[0]
         self.selector = session(_select_graph(self.spec, [t for t in [*self.carried, *self.constants]
                                                           if t.name != HISTORY]), self.device)
+        self.starter = session(_start_graph([t for t in self.carried if t.name != HISTORY]), self.device)
 
     def _without_cuda_graph(self, error: Exception) -> None:
         """Go on without CUDA graphs (same samples, more launch overhead), saying why in `cuda_graph_error`."""
@@ -118,23 +139,25 @@ class Engine:
         sizes = ladder(rows.size, self.shrink, FLOOR[self.device])
         slot = np.arange(rows.size)  # which row of the chunk each buffer row holds
         live = np.ones(rows.size, bool)  # still generating at the start of this block
-        ids = np.zeros((rows.size, self.config.max_len), np.int64)
-        logprob = np.zeros(rows.size, np.float32)
-        side, t = 0, 0
+        out = _Chunk(rows.size, self.config.max_len, history_dtype(self.spec.vocab.size))
+        side, t, pending = 0, 0, None
         while True:
             k = min(self.sync_every, self.config.max_len - t)
-            for i in range(k):  # the last step of the block waits for the device, so its outputs can be read
+            for i in range(k):  # the last step of a block waits for the device, so its outputs can be read
+                if i == k - 1 and pending:
+                    pending()  # store the previous block while the device runs this one
+                    pending = None
                 self.session.run_with_iobinding(buf.bindings[side], buf.run_options[side][i == k - 1])
                 side ^= 1
             t += k
             now = buf.sides[side]
-            block, done, total = now[HISTORY].numpy()[-k:], now[DONE].numpy(), now[LOGPROB].numpy()
-            ids[slot[live], t - k:t] = block[:, live].T
-            logprob[slot[live]] = total[live]
-            if not np.isfinite(total[live]).all():
+            block, done, total = now[HISTORY].numpy()[-k:], now[DONE].numpy()[live], now[LOGPROB].numpy()[live]
+            if not np.isfinite(total).all():
                 raise UsageError(f"{self.model.path} gives non-finite logits (NaN or infinity); the model is "
                                  "broken: retrain it (with a lower --lr) and export it again")
-            live &= ~done
+            out.logprob[slot[live]] = total
+            pending = functools.partial(out.store, block[:, live], slot[live], done, t - k)
+            live[live] = ~done
             alive = int(live.sum())
             if not alive or t == self.config.max_len:
                 break
@@ -144,8 +167,8 @@ class Engine:
                 smaller = self._buffers_for(target)
                 self._compact(buf.sides[side], buf.consts, smaller, keep)
                 buf, side, slot, live = smaller, 0, slot[keep], live[keep]
-        ids, finished = finish(ids)
-        return Batch(ids, finished, logprob)
+        pending()
+        return Batch(out.ids.T, out.finished, out.logprob)
 
     def _buffers_for(self, rows: int) -> _Buffers:
         if rows not in self._buffers:
@@ -168,26 +191,28 @@ class Engine:
                 asynchronous, synchronous = ort.RunOptions(), ort.RunOptions()
                 # return at once: the GPU works while the host queues the next step
                 asynchronous.add_run_config_entry("disable_synchronize_execution_providers", "1")
-                if self.cuda_graph:
-                    for run_options in (asynchronous, synchronous):
-                        run_options.add_run_config_entry("gpu_graph_id", str(2 * len(self._buffers) + source))
+                graph_id = 2 * len(self._buffers) + source if self.cuda_graph else -1  # -1: no graph. Always set:
+                for run_options in (asynchronous, synchronous):  # onnxruntime's lookup of a missing key costs ~1 ms
+                    run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
                 options.append((asynchronous, synchronous))
             self._buffers[rows] = _Buffers(rows, sides, consts, tuple(bindings), tuple(options))
         return self._buffers[rows]
 
     def _start(self, buf: _Buffers, rows: np.ndarray) -> None:
-        """Fill side A and the constants for a new chunk."""
-        n, a = rows.size, buf.sides[0]
-        initial = {contract.TOKEN: np.full(n, BOS, np.int64), DONE: np.zeros(n, bool),
-                   LOGPROB: np.zeros(n, np.float32), STEP: np.zeros((), np.int64),
-                   TEMPERATURE: self.config.row_temperatures(rows).astype(np.float32), COUNTER: counters(rows)}
-        if FORCED in buf.consts:
-            initial[FORCED] = forced_ids(self.config, self.prompt_ids, rows)
-        for t in [*self.carried, *self.constants]:
+        """Side A for a new chunk: the state is made on the device (<bos>, zeros); only the per-row constants
+        (a few bytes a row) come from the host."""
+        n = rows.size
+        binding = self.starter.io_binding()
+        for t in self.carried:
             if t.name != HISTORY:
-                target = a[t.name] if t.name in a else buf.consts[t.name]
-                shape = t.shape(self.spec, n, self.sync_every, 0)
-                target.update_inplace(np.ascontiguousarray(initial.get(t.name, np.zeros(shape, t.dtype))))
+                binding.bind_cpu_input(t.name, np.array(t.shape(self.spec, n, 0, 0), np.int64))
+                binding.bind_ortvalue_output(contract.out(t.name), buf.sides[0][t.name])
+        self.starter.run_with_iobinding(binding)
+        values = {TEMPERATURE: self.config.row_temperatures(rows).astype(np.float32), COUNTER: counters(rows)}
+        if FORCED in buf.consts:
+            values[FORCED] = forced_ids(self.config, self.prompt_ids, rows)
+        for name, value in values.items():
+            buf.consts[name].update_inplace(np.ascontiguousarray(value))
 
     def _compact(self, source: dict, consts: dict, target: _Buffers, keep: np.ndarray) -> None:
         """Gather the rows `keep` of every per-row tensor into the smaller buffers' side A, on the device."""
@@ -211,6 +236,22 @@ def _select_graph(spec: contract.StepSpec, tensors: list[Tensor]) -> onnx.ModelP
         nodes.append(helper.make_node("Identity", [t.name], [contract.out(t.name)]) if t.row_axis is None else
                      helper.make_node("Gather", [t.name, "keep"], [contract.out(t.name)], axis=t.row_axis))
     model = helper.make_model(helper.make_graph(nodes, "select_rows", inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = helper.find_min_ir_version_for(model.opset_import)
+    return model
+
+
+def _start_graph(tensors: list[Tensor]) -> onnx.ModelProto:
+    """Each tensor's shape [k] int64 -> the tensor at the start of a chunk: <bos> tokens, everything else 0."""
+    nodes, inputs, outputs = [], [], []
+    for t in tensors:
+        kind = helper.np_dtype_to_tensor_dtype(t.dtype)
+        start = np.array([BOS if t.name == contract.TOKEN else 0], t.dtype)
+        inputs.append(helper.make_tensor_value_info(t.name, onnx.TensorProto.INT64, [None]))
+        outputs.append(helper.make_tensor_value_info(contract.out(t.name), kind, None))
+        nodes.append(helper.make_node("ConstantOfShape", [t.name], [contract.out(t.name)],
+                                      value=onnx.numpy_helper.from_array(start)))
+    model = helper.make_model(helper.make_graph(nodes, "start_rows", inputs, outputs),
                               opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = helper.find_min_ir_version_for(model.opset_import)
     return model
