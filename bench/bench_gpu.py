@@ -317,11 +317,12 @@ def main() -> None:
         measure(name, r, "profile", profile, step, sizes[-2], torch, results["device"])
     first = args.model[0]
     r = results["models"][f"{first.parent.name}/{first.name}"]
-    for every in (4, 8, 32, 64):
-        measure("sweep", r, f"sync_every_{every}_{sizes[-2]}", engine_rate, steps[first], sizes[-2], 1,
+    for every in (4, 8, 16, 32):
+        measure("sweep", r, f"sync_every_{every}_{sizes[-2]}", engine_rate, steps[first], sizes[-2], args.repeats,
                 sync_every=every)
-    for shrink in (0.5, 0.875):
-        measure("sweep", r, f"shrink_{shrink}_{sizes[-2]}", engine_rate, steps[first], sizes[-2], 1, shrink=shrink)
+    for shrink in (0.5, 0.75, 0.875, 0.9375):
+        measure("sweep", r, f"shrink_{shrink}_{sizes[-2]}", engine_rate, steps[first], sizes[-2], args.repeats,
+                shrink=shrink)
     if results["device"] == "cuda":
         for path in args.model[:2]:
             name = f"{path.parent.name}/{path.name}"

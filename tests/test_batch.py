@@ -145,3 +145,12 @@ def test_a_new_run_clears_what_described_the_old_samples(model, tmp_path):
     sample_batch(model, tmp_path, SampleConfig((1.0,), n=5), device="cpu", fmt="parquet")
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["run.json",
                                                                                          "samples.parquet"]
+
+
+def test_characters_beyond_ascii_are_written_as_the_model_made_them(tmp_path):
+    path = step_model(tmp_path / "m.onnx", chars=("a", "é", "字", "😀", " ", ","), scale=0.3)
+    config = sampling_config((1.0,), n=50, max_len=20, prompts=("é,",))
+    sample_batch(path, tmp_path / "s", config, device="cpu")
+    rows = read(tmp_path / "s")
+    assert (rows["length"] == rows["text"].str.len()).all() and rows["text"].str.startswith("é,").all()
+    assert set("".join(rows["text"])) <= set("aé字😀 ,") and rows["text"].str.contains("字|😀").any()

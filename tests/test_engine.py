@@ -166,3 +166,16 @@ def test_the_sampling_package_imports_nothing_from_the_training_side():
                 assert top != "toolkit" or any(name == a or name.startswith(a + ".") for a in allowed), (path, name)
                 assert top not in ("tensorflow", "keras", "tensorflow_datasets", "tf2onnx", "exporters", "eval"), \
                     (path, name)
+
+
+def test_a_blocks_uniforms_are_those_of_each_of_its_steps():
+    import onnxruntime as ort
+
+    from toolkit.sampling.draw import counters, squares_key, uniforms
+    from toolkit.sampling.head import uniform_graph
+
+    config = SampleConfig((1.0,), seed=123)
+    model = ort.InferenceSession(uniform_graph(config, 8).SerializeToString(), providers=["CPUExecutionProvider"])
+    counter = counters(np.array([0, 5, 10**9]))
+    block = model.run(None, {"counter": counter, "first_step": np.array(16, np.int64)})[0]
+    assert np.array_equal(block, np.stack([uniforms(squares_key(123), counter, 16 + j) for j in range(8)]))

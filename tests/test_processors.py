@@ -29,6 +29,7 @@ from toolkit.sampling.processors import (
     Temperature,
     TopK,
     TopP,
+    inverse_temperature,
 )
 from toolkit.vocab import BOS, PAD, UNK
 
@@ -115,6 +116,7 @@ def run_graph(build, inputs: dict[str, np.ndarray], opset=17):
 
 
 PROCESSORS = [Ban(), Temperature(), TopK(3), TopP(0.7), MinP(0.05), RepetitionPenalty(0.4, 0.3)]
+GRAPH_ROWS = Rows("temperature", "counts", inverse="inverse")
 
 
 @pytest.mark.parametrize("opset", [13, 17, 18, 26])
@@ -126,8 +128,9 @@ def test_onnx_nodes_do_what_the_numpy_reference_does(processor, opset):
     temperature = rng.choice(np.float32([0, 0.3, 1, 1.8]), 500)
     counts = rng.integers(0, 4, (500, VOCAB)).astype(np.float32)
     expected = processor.numpy(x, Rows(temperature, counts))
-    got = run_graph(lambda g: processor.onnx(g, "x", Rows("temperature", "counts")),
-                    {"x": x, "temperature": temperature, "counts": counts}, opset)
+    got = run_graph(lambda g: processor.onnx(g, "x", GRAPH_ROWS),
+                    {"x": x, "temperature": temperature, "counts": counts,
+                     "inverse": inverse_temperature(temperature)}, opset)
     assert np.array_equal(np.isfinite(got), np.isfinite(expected))
     assert np.allclose(got[np.isfinite(got)], expected[np.isfinite(expected)], rtol=1e-6, atol=1e-6)
 
@@ -192,11 +195,12 @@ def test_each_processors_draws_follow_its_exact_distribution(processor):
     def build(g):
         y = "x"
         for p in chain:
-            y = p.onnx(g, y, Rows("temperature", "counts"))
+            y = p.onnx(g, y, GRAPH_ROWS)
         return draw_onnx(g, y, uniforms_onnx(g, squares_key(11), "counter", "step"))
 
     ids = run_graph(build, {"x": x, "temperature": temperature, "counts": counts,
-                            "counter": counters(np.arange(draws)), "step": np.array(0, np.int64)})
+                            "inverse": inverse_temperature(temperature), "counter": counters(np.arange(draws)),
+                            "step": np.array(0, np.int64)})
     observed = np.bincount(ids, minlength=VOCAB)
     support = exact > 0
     assert observed[~support].sum() == 0  # removed ids are never drawn

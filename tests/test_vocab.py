@@ -48,3 +48,14 @@ def test_decode_rows_matches_decode():
 def test_encode_known_names_the_unknown_character():
     with pytest.raises(UsageError, match="'é'"):
         Vocab.build(["abc"]).encode_known("abé", "prompt")
+
+
+@pytest.mark.parametrize("chars", [tuple("ab c"), ("a", "é", "字", "😀", " ")])
+def test_utf8_rows_are_the_decoded_texts_as_arrow_lays_them_out(chars):
+    vocab = Vocab(chars)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(4, vocab.size, (300, 20))
+    ids[np.arange(20)[None] >= rng.integers(0, 21, 300)[:, None]] = 0  # padding after each end
+    offsets, data = vocab.utf8_rows(ids)
+    texts = [bytes(data[offsets[i]:offsets[i + 1]]).decode("utf-8") for i in range(300)]
+    assert texts == vocab.decode_rows(ids).tolist() and offsets.dtype == np.int32

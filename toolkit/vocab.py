@@ -66,6 +66,33 @@ class Vocab:
         chars = self.table[ids]  # reserved ids are '', which numpy stores as NUL and strips at the end
         return np.ascontiguousarray(chars).view(f"<U{ids.shape[1]}").ravel()
 
+    @cached_property
+    def utf8(self) -> tuple[np.ndarray, np.ndarray]:
+        """Id -> its character's UTF-8 bytes as a [size, widest] uint8 table, and each one's byte count (0 for the
+        reserved ids)."""
+        encoded = [b""] * len(SPECIALS) + [ch.encode("utf-8") for ch in self.chars]
+        table = np.zeros((self.size, max(map(len, encoded))), np.uint8)
+        for i, raw in enumerate(encoded):
+            table[i, :len(raw)] = np.frombuffer(raw, np.uint8)
+        return table, np.array([len(raw) for raw in encoded], np.uint8)
+
+    def utf8_rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decode a [rows, steps] id matrix (nothing but padding after <eos>) to Arrow's layout of strings: int32
+        offsets [rows + 1] into one buffer of UTF-8 bytes. No Python string is made, so a million rows take a
+        fraction of a second; `decode_rows` gives the same texts as numpy strings."""
+        table, sizes = self.utf8
+        ids = np.ascontiguousarray(ids)
+        if table.shape[1] == 1:  # every character is one byte: most corpora
+            row_bytes = np.count_nonzero(ids, axis=1)
+            data = table[:, 0][ids[ids != PAD]]
+        else:
+            per_id = sizes[ids]
+            row_bytes = per_id.sum(axis=1, dtype=np.int64)
+            data = table[ids][np.arange(table.shape[1]) < per_id[..., None]]
+        offsets = np.zeros(ids.shape[0] + 1, np.int64)
+        np.cumsum(row_bytes, out=offsets[1:])
+        return offsets.astype(np.int32), data
+
     def to_json(self) -> str:
         return json.dumps({"specials": dict(zip(SPECIALS, range(len(SPECIALS)), strict=True)),
                            "chars": list(self.chars)}, ensure_ascii=False)

@@ -27,20 +27,24 @@ from toolkit.sampling.head import (
     DONE,
     FORCED,
     HISTORY,
+    INVERSE,
     LOGPROB,
     TEMPERATURE,
+    UNIFORM,
     Tensor,
     carried,
     compose,
     constants,
     history_dtype,
+    uniform_graph,
 )
+from toolkit.sampling.processors import inverse_temperature
 from toolkit.sampling.reference import Batch, forced_ids
 from toolkit.sampling.runtime import CUDA, OnnxStep, session
 from toolkit.vocab import BOS, EOS, PAD
 
-SYNC_EVERY = {"cpu": 8, "cuda": 16}  # steps between reads of the history: see docs/benchmarks.md
-SHRINK = {"cpu": 7 / 8, "cuda": 3 / 4}  # each buffer size of the ladder, relative to the one before
+SYNC_EVERY = {"cpu": 8, "cuda": 8}  # steps between reads of the history: see docs/benchmarks.md
+SHRINK = {"cpu": 7 / 8, "cuda": 7 / 8}  # each buffer size of the ladder, relative to the one before
 FLOOR = {"cpu": 1, "cuda": 2048}  # no smaller buffers: below this a GPU step costs the same whatever the rows
 
 
@@ -53,21 +57,22 @@ def ladder(rows: int, shrink: float, floor: int = 1) -> list[int]:
 
 
 class _Chunk:
-    """The host's side of a chunk: ids (time-major, so a block is a few contiguous rows), finished, logprob."""
+    """The host's side of a chunk: ids, finished, logprob, filled in a block at a time."""
 
     def __init__(self, rows: int, max_len: int, dtype: np.dtype):
-        self.ids = np.zeros((max_len, rows), dtype)
+        self.ids = np.zeros((rows, max_len), dtype)
         self.finished = np.zeros(rows, bool)
         self.logprob = np.zeros(rows, np.float32)
 
     def store(self, block: np.ndarray, rows: np.ndarray, ended: np.ndarray, start: int) -> None:
-        """Ids of `rows` for the steps from `start`; rows that `ended` in the block lose what follows their <eos>."""
+        """Ids [k, len(rows)] of `rows` for the k steps from `start`; rows that `ended` in the block lose what
+        follows their <eos>."""
         k = block.shape[0]
-        self.ids[start:start + k, rows] = block
+        self.ids[rows, start:start + k] = block.T
         if ended.any():
-            tail = block[:, ended]
-            after = np.arange(k)[:, None] >= (tail == EOS).argmax(axis=0)[None]
-            self.ids[start:start + k, rows[ended]] = np.where(after, PAD, tail)
+            tail = block[:, ended].T
+            after = np.arange(k)[None] >= (tail == EOS).argmax(axis=1)[:, None]
+            self.ids[rows[ended], start:start + k] = np.where(after, PAD, tail)
             self.finished[rows[ended]] = True
 
 
@@ -111,7 +116,8 @@ class Engine:
             self._without_cuda_graph(e)
         self.provider = self.session.get_providers()[0]
         self.selector = session(_select_graph(self.spec, [t for t in [*self.carried, *self.constants]
-                                                          if t.name != HISTORY]), self.device)
+                                                          if t.name not in (HISTORY, UNIFORM)]), self.device)
+        self.uniformer = session(uniform_graph(config, self.sync_every), self.device)
         self.starter = session(_start_graph([t for t in self.carried if t.name != HISTORY]), self.device)
 
     def _without_cuda_graph(self, error: Exception) -> None:
@@ -143,6 +149,11 @@ class Engine:
         side, t, pending = 0, 0, None
         while True:
             k = min(self.sync_every, self.config.max_len - t)
+            binding = self.uniformer.io_binding()  # this block's random numbers, made on the device
+            binding.bind_ortvalue_input(COUNTER, buf.consts[COUNTER])
+            binding.bind_cpu_input("first_step", np.array(t, np.int64))
+            binding.bind_ortvalue_output(UNIFORM, buf.consts[UNIFORM])
+            self.uniformer.run_with_iobinding(binding)
             for i in range(k):  # the last step of a block waits for the device, so its outputs can be read
                 if i == k - 1 and pending:
                     pending()  # store the previous block while the device runs this one
@@ -168,7 +179,7 @@ class Engine:
                 self._compact(buf.sides[side], buf.consts, smaller, keep)
                 buf, side, slot, live = smaller, 0, slot[keep], live[keep]
         pending()
-        return Batch(out.ids.T, out.finished, out.logprob)
+        return Batch(out.ids, out.finished, out.logprob)
 
     def _buffers_for(self, rows: int) -> _Buffers:
         if rows not in self._buffers:
@@ -208,11 +219,12 @@ class Engine:
                 binding.bind_cpu_input(t.name, np.array(t.shape(self.spec, n, 0, 0), np.int64))
                 binding.bind_ortvalue_output(contract.out(t.name), buf.sides[0][t.name])
         self.starter.run_with_iobinding(binding)
-        values = {TEMPERATURE: self.config.row_temperatures(rows).astype(np.float32), COUNTER: counters(rows)}
-        if FORCED in buf.consts:
-            values[FORCED] = forced_ids(self.config, self.prompt_ids, rows)
+        temperature = self.config.row_temperatures(rows).astype(np.float32)
+        values = {INVERSE: inverse_temperature(temperature), TEMPERATURE: temperature, COUNTER: counters(rows),
+                  FORCED: forced_ids(self.config, self.prompt_ids, rows)}
         for name, value in values.items():
-            buf.consts[name].update_inplace(np.ascontiguousarray(value))
+            if name in buf.consts:
+                buf.consts[name].update_inplace(np.ascontiguousarray(value))
 
     def _compact(self, source: dict, consts: dict, target: _Buffers, keep: np.ndarray) -> None:
         """Gather the rows `keep` of every per-row tensor into the smaller buffers' side A, on the device."""
@@ -220,7 +232,7 @@ class Engine:
         kept = self.ort.OrtValue.ortvalue_from_numpy(keep.astype(np.int64), self.device, 0)
         binding.bind_ortvalue_input("keep", kept)
         for name, value in [*source.items(), *consts.items()]:
-            if name != HISTORY:
+            if name not in (HISTORY, UNIFORM):
                 binding.bind_ortvalue_input(name, value)
                 binding.bind_ortvalue_output(contract.out(name), {**target.sides[0], **target.consts}[name])
         self.selector.run_with_iobinding(binding)

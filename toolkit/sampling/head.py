@@ -14,9 +14,11 @@ again (`NAME` in, `NAME_out` back), so a loop can keep them on the device and sw
 | history | [K, rows] uint8 or int32 | the ids of the last K steps, oldest first: the host reads it every K steps |
 | step | [] int64 | steps taken |
 
-and per-row constants that only go in: `temperature` [rows] float32, `counter` [rows] uint64 (the uniforms'
-counter base) and, with prompts, `forced` [P + 1, rows] int64 (the prompt's id at each step, -1 where the row
-draws; the last row is all -1).
+and inputs that only go in: per row for a whole chunk, `inverse_temperature` [rows, 1] float32, `temperature`
+[rows] float32 (only when a temperature is 0, for the greedy rows), `counter` [rows] uint64 (the uniforms' counter
+base) and, with prompts, `forced` [P + 1, rows] int64 (the prompt's id at each step, -1 where the row draws; the
+last row is all -1); and for a block of K steps, `uniform` [K, rows] float32, made by `uniform_graph` at the
+block's start, so that the random numbers cost a few kernels a block rather than some thirty a step.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from toolkit.sampling.processors import Ban, Rows
 from toolkit.vocab import EOS
 
 COUNTS, DONE, LOGPROB, HISTORY, STEP = "counts", "done", "logprob", "history", "step"
-TEMPERATURE, COUNTER, FORCED = "temperature", "counter", "forced"
+TEMPERATURE, INVERSE, COUNTER, FORCED, UNIFORM = "temperature", "inverse_temperature", "counter", "forced", "uniform"
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,8 @@ class Tensor:
     def shape(self, spec: contract.StepSpec, rows: int | str, history: int, prompt: int | str) -> tuple:
         """Its shape for `rows` rows (a name gives the symbolic shape of a graph input)."""
         return {contract.TOKEN: (rows,), COUNTS: (rows, spec.vocab.size), DONE: (rows,), LOGPROB: (rows,),
-                HISTORY: (history, rows), STEP: (), TEMPERATURE: (rows,), COUNTER: (rows,),
-                FORCED: (prompt, rows)}.get(self.name, (spec.layers, rows, spec.units))
+                HISTORY: (history, rows), STEP: (), TEMPERATURE: (rows,), INVERSE: (rows, 1), COUNTER: (rows,),
+                FORCED: (prompt, rows), UNIFORM: (history, rows)}.get(self.name, (spec.layers, rows, spec.units))
 
 
 def history_dtype(vocab_size: int) -> np.dtype:
@@ -65,9 +67,27 @@ def carried(spec: contract.StepSpec, config: SampleConfig) -> list[Tensor]:
 
 
 def constants(config: SampleConfig) -> list[Tensor]:
-    """The per-row inputs that stay as they are for a whole chunk."""
+    """The inputs that only go in: per row for a whole chunk, then the block's uniforms."""
+    greedy = [Tensor(TEMPERATURE, np.dtype(np.float32), 0)] if 0 in config.temperatures else []
     forced = [Tensor(FORCED, np.dtype(np.int64), 1)] if max(map(len, config.prompts)) else []
-    return [Tensor(TEMPERATURE, np.dtype(np.float32), 0), Tensor(COUNTER, np.dtype(np.uint64), 0), *forced]
+    return [Tensor(INVERSE, np.dtype(np.float32), 0), *greedy, Tensor(COUNTER, np.dtype(np.uint64), 0), *forced,
+            Tensor(UNIFORM, np.dtype(np.float32), 1)]
+
+
+def uniform_graph(config: SampleConfig, history: int, opset: int = 17) -> onnx.ModelProto:
+    """counter [rows] uint64 and the block's first step [] int64 -> uniform [history, rows]: each row's uniforms
+    for the block's steps, a function of (seed, row, step) as `draw.uniforms` makes them."""
+    g = Graph(np.float32, opset)
+    steps = g.op("Unsqueeze", g.op("Add", "first_step", g.const("offsets", np.arange(history), np.int64)),
+                 g.const("axis1", [1], np.int64))
+    g.op("Identity", uniforms_onnx(g, squares_key(config.seed), COUNTER, steps), name=UNIFORM)
+    graph = helper.make_graph(g.nodes, "uniforms", [
+        helper.make_tensor_value_info(COUNTER, TensorProto.UINT64, ["batch"]),
+        helper.make_tensor_value_info("first_step", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info(UNIFORM, TensorProto.FLOAT, [history, "batch"])], g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = helper.find_min_ir_version_for(model.opset_import)
+    return model
 
 
 def compose(step: onnx.ModelProto, spec: contract.StepSpec, config: SampleConfig, history: int) -> onnx.ModelProto:
@@ -76,11 +96,12 @@ def compose(step: onnx.ModelProto, spec: contract.StepSpec, config: SampleConfig
     model.CopyFrom(step)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     g = Graph(np.float32, opset, prefix="head_", vocab=spec.vocab.size)
-    rows = Rows(TEMPERATURE, COUNTS if config.uses_counts else None, greedy=0 in config.temperatures)
+    rows = Rows(TEMPERATURE, COUNTS if config.uses_counts else None, greedy=0 in config.temperatures, inverse=INVERSE)
     x = Ban().onnx(g, contract.LOGITS, rows)
     for processor in config.processors:
         x = processor.onnx(g, x, rows)
-    drawn = draw_onnx(g, x, uniforms_onnx(g, squares_key(config.seed), COUNTER, STEP))
+    u = g.op("Gather", UNIFORM, g.op("Mod", STEP, g.const("block", history, np.int64)), axis=0)
+    drawn = draw_onnx(g, x, u)
     if max(map(len, config.prompts)):
         last = g.const("last_forced", max(map(len, config.prompts)), np.int64)
         forced = g.op("Gather", FORCED, g.op("Min", STEP, last), axis=0)

@@ -44,6 +44,13 @@ class Rows:
     temperature: Any  # [rows] float32; 0 = greedy
     counts: Any = None  # [rows, vocab] float32: how often each id was drawn so far (only when a processor needs it)
     greedy: bool = True  # some row may have temperature 0 (False lets a graph leave out the greedy rows' nodes)
+    inverse: Any = None  # ONNX only: [rows, 1] float32, inverse_temperature() of each row, computed once a chunk
+
+
+def inverse_temperature(temperature: np.ndarray) -> np.ndarray:
+    """[rows, 1]: what a row's logits are multiplied by (1 for greedy rows, whose other logits are removed)."""
+    t = np.asarray(temperature, np.float32)[:, None]
+    return np.float32(1) / np.where(t > 0, t, np.float32(1))
 
 
 class Processor(Protocol):
@@ -114,17 +121,16 @@ class Temperature:
     uses_counts: ClassVar[bool] = False
 
     def numpy(self, x: np.ndarray, rows: Rows) -> np.ndarray:
-        t = np.asarray(rows.temperature, np.float32)[:, None]
-        scaled = x * (np.float32(1) / np.where(t > 0, t, np.float32(1)))
-        keep = (t > 0) | (x >= x.max(axis=1, keepdims=True))
+        scaled = x * inverse_temperature(rows.temperature)
+        keep = (np.asarray(rows.temperature)[:, None] > 0) | (x >= x.max(axis=1, keepdims=True))
         return np.where(keep, scaled, NEG_INF)
 
     def onnx(self, g: Graph, x: str, rows: Rows) -> str:
-        t = g.op("Unsqueeze", rows.temperature, g.const("axis1", [1], np.int64))
-        positive = g.op("Greater", t, g.const("zero_t", 0.0))
-        scaled = g.op("Mul", x, g.op("Reciprocal", g.op("Where", positive, t, g.const("one_t", 1.0))))
+        scaled = g.op("Mul", x, rows.inverse)
         if not rows.greedy:
             return scaled
+        positive = g.op("Greater", g.op("Unsqueeze", rows.temperature, g.const("axis1", [1], np.int64)),
+                        g.const("zero_t", 0.0))
         keep = g.op("Or", positive, g.op("GreaterOrEqual", x, g.reduce("ReduceMax", x, 1)))
         return g.op("Where", keep, scaled, g.const("neg_inf_t", NEG_INF))
 

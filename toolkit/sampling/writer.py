@@ -26,14 +26,15 @@ def check_format(fmt: str) -> None:
 
 
 def table(rows: np.ndarray, batch: Batch, config: SampleConfig, vocab: Vocab):
-    """One chunk as an Arrow table with the columns of COLUMNS."""
+    """One chunk as an Arrow table with the columns of COLUMNS, built from arrays alone (no Python objects)."""
     import pyarrow as pa
 
-    texts = vocab.decode_rows(batch.ids)
+    offsets, data = vocab.utf8_rows(batch.ids)
     return pa.table({
         "sample_id": rows, "temperature": config.row_temperatures(rows),
-        "prompt": np.asarray(config.prompts)[config.row_prompts(rows)], "text": texts,
-        "length": np.char.str_len(texts).astype(np.int32), "finished": batch.finished,
+        "prompt": pa.array(config.prompts).take(config.row_prompts(rows)),
+        "text": pa.StringArray.from_buffers(rows.size, pa.py_buffer(offsets), pa.py_buffer(data)),
+        "length": np.count_nonzero(batch.ids, axis=1).astype(np.int32), "finished": batch.finished,
         "logprob": batch.logprob.astype(np.float64), "seed": np.full(rows.size, config.seed, np.uint64)})
 
 
