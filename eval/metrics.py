@@ -5,6 +5,10 @@ Fair comparison: distinct-n, self-BLEU, duplicates, Zipf and the distances depen
 so every group (each temperature and the reference) is scored on subsamples of one common size: k disjoint random
 subsamples where a group holds k times that size, averaged.
 
+Distances to the reference are measured between halves (half the common size on each side), averaged over the
+bootstrap's halves, and the reference row holds the distance between two disjoint halves of the reference: what
+chance alone gives at that size, the floor a temperature can reach.
+
 Intervals: a bootstrap over texts that draws half of each subsample without replacement (B times, seeded), then
 scales the spread by sqrt(h / (m - h)) for h of m texts drawn, which makes its variance that of the usual
 bootstrap for a mean. Drawing with replacement would put the same text twice in a group, which distinct-n,
@@ -51,7 +55,10 @@ METRICS = {
     "length_wasserstein": "Wasserstein distance between the group's and the reference's lengths, in characters",
     "js_char_bigrams": "Jensen-Shannon divergence (bits, 0 to 1) between the group's and the reference's "
                        "character-bigram distributions",
-    "js_words": "Jensen-Shannon divergence (bits) between the group's and the reference's word distributions",
+    "js_words": "Jensen-Shannon divergence (bits) between the group's and the reference's word distributions. "
+                "Distances are measured between halves (half the common size each side), averaged over the "
+                "bootstrap's halves; the reference row is the distance between two disjoint halves of the "
+                "reference: what chance alone gives at that size",
     "mean_length": "mean characters per text",
     "finished_rate": "share of texts that ended with end-of-title rather than at the length limit",
     "bpc": "bits per character under the model (its raw distribution, end-of-title included); the reference "
@@ -104,8 +111,9 @@ class Texts:
     rates: dict[str, tuple[np.ndarray, np.ndarray]]  # per text, numerator and denominator of each rate
 
     @classmethod
-    def build(cls, texts: Sequence[str], finished: np.ndarray, found: Novelty,
+    def build(cls, texts: Sequence[str], finished: np.ndarray, found: Novelty | None = None,
               logprob: np.ndarray | None = None) -> Texts:
+        """Without `found` (the comparison with the training titles), the novelty rates are left out."""
         tokens = [words(t) for t in texts]
         grams = _word_grams(tokens)
         bigrams = [ngrams(t, 2) for t in tokens]
@@ -116,13 +124,16 @@ class Texts:
         rates = {
             "repetition_rate": (repeated, ones),
             "seq_rep_2": (seq_rep, np.array([bool(b) for b in bigrams], np.float64)),
-            "novelty": (1.0 - found.copy, ones),
-            "near_copy_rate": (np.nan_to_num(found.near_copy), (~np.isnan(found.near_copy)).astype(np.float64)),
-            "novel_3gram_rate": (found.novel_trigrams, found.trigrams),
             "mean_length": (length, ones),
             "finished_rate": (np.asarray(finished, np.float64), ones),
-            **{name: (found.novel_chars[:, j], found.chars[:, j]) for j, name in enumerate(CURVE.values())},
         }
+        if found is not None:
+            rates |= {
+                "novelty": (1.0 - found.copy, ones),
+                "near_copy_rate": (np.nan_to_num(found.near_copy), (~np.isnan(found.near_copy)).astype(np.float64)),
+                "novel_3gram_rate": (found.novel_trigrams, found.trigrams),
+                **{name: (found.novel_chars[:, j], found.chars[:, j]) for j, name in enumerate(CURVE.values())},
+            }
         if logprob is not None:
             rates["bpc"] = (-np.asarray(logprob, np.float64) / math.log(2), length + finished)
         return cls(grams, _char_bigrams(texts), pd.factorize(pd.Series(texts, dtype=object))[0],
@@ -292,6 +303,14 @@ def _distances(a: Texts, b: Texts, sel_a: np.ndarray, sel_b: np.ndarray) -> dict
             "js_words": js_divergence(*_distribution(a.grams[0], b.grams[0], sel_a, sel_b))}
 
 
+def distances(a: Sequence[str], b: Sequence[str]) -> dict[str, float]:
+    """The distances of DISTANCES between two whole groups of texts (no subsampling)."""
+    texts = Texts.build([*a, *b], np.ones(len(a) + len(b), bool))
+    found = _distances(texts.take(np.arange(len(a))), texts.take(np.arange(len(a), len(a) + len(b))),
+                       np.ones((1, len(a)), bool), np.ones((1, len(b)), bool))
+    return {k: float(v[0]) for k, v in found.items()}
+
+
 @dataclass(frozen=True)
 class Group:
     label: str
@@ -358,11 +377,9 @@ def metrics_table(samples: pd.DataFrame, train: TrainingTitles | Sequence[str], 
     for g, p, subs in zip(groups, pools, subsamples, strict=True):
         values = _mean([_pool(s, p.sel) for s in subs])
         if g.label == "reference":  # distances between two disjoint halves of the reference: chance's share
-            floor = _mean([_distances(s, s, p.sel[1:], ~p.sel[1:]) for s in subs])
-            values |= {k: np.concatenate([[np.nan if np.isnan(v).all() else np.nanmean(v)], v])
-                       for k, v in floor.items()}
+            values |= _mean([_distances(s, s, p.sel[1:], ~p.sel[1:]) for s in subs])
         else:
-            values |= _mean([_distances(s, reference[j % len(reference)], p.sel, ref_pools.sel)
+            values |= _mean([_distances(s, reference[j % len(reference)], p.sel[1:], ref_pools.sel[1:])
                              for j, s in enumerate(subs)])
         row = {"group": g.label, "temperature": g.temperature, "samples": len(g.texts), "size": size,
                "subsamples": len(p.rows)}
@@ -374,8 +391,7 @@ def metrics_table(samples: pd.DataFrame, train: TrainingTitles | Sequence[str], 
             elif name not in values:
                 est = lo = hi = math.nan
             else:
-                est, lo, hi = _interval(name, values[name], size, centred=not (g.label == "reference"
-                                                                               and name in DISTANCES))
+                est, lo, hi = _interval(name, values[name], size)
             row |= {name: est, f"{name}_lo": lo, f"{name}_hi": hi}
         rows.append(row)
     return pd.DataFrame(rows)
@@ -388,16 +404,17 @@ def _mean(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         return {k: np.nanmean([p[k] for p in parts], axis=0) for k in parts[0]}
 
 
-def _interval(name: str, values: np.ndarray, size: int, centred: bool = True) -> tuple[float, float, float]:
-    """(estimate, low, high): values[0] is the estimate, values[1:] the half-sample replicates."""
-    est, reps = float(values[0]), values[1:][~np.isnan(values[1:])]
+def _interval(name: str, values: np.ndarray, size: int) -> tuple[float, float, float]:
+    """(estimate, low, high): values[0] is the estimate and values[1:] the half-sample replicates; a distance has
+    only replicates (between halves), and its estimate is their mean."""
+    distance = name in DISTANCES
+    reps = values[int(not distance):]
+    reps = reps[~np.isnan(reps)]
+    est = (float(reps.mean()) if reps.size else math.nan) if distance else float(values[0])
     if math.isnan(est) or reps.size < 2:
         return est, math.nan, math.nan
+    half = size // 2
     tails = [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2]
-    if centred:
-        half = size // 2
-        lo, hi = est + math.sqrt(half / (size - half)) * (np.quantile(reps, tails) - reps.mean())
-    else:
-        lo, hi = np.quantile(reps, tails)
+    lo, hi = est + math.sqrt(half / (size - half)) * (np.quantile(reps, tails) - reps.mean())
     top = math.inf if name in UNBOUNDED else 1.0
     return est, float(min(max(lo, 0.0), est)), float(max(min(hi, top), est))

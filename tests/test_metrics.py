@@ -11,7 +11,7 @@ from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp, linregress, wasserstein_distance
 
-from eval.metrics import CURVE, METRICS, metrics_table, self_bleu, words
+from eval.metrics import CURVE, DISTANCES, METRICS, distances, metrics_table, self_bleu, words
 
 TRAIN = ["a b c d", " c a", "x y z"]
 TEXTS = ["A b a b", "a b c d", "a b c d", "c a ", ""]
@@ -148,7 +148,7 @@ def test_distances_to_the_reference_equal_scipy():
     rng = random.Random(2)
     texts = [" ".join(rng.choices(["alpha", "beta", "gamma", "Delta", "é"], k=rng.randint(1, 9))) for _ in range(40)]
     val = [" ".join(rng.choices(["alpha", "beta", "zeta", "eta"], k=rng.randint(2, 6))) for _ in range(40)]
-    m = table({1.0: texts}, val=val).loc["T=1"]
+    m = distances(texts, val)
     lengths, val_lengths = [len(t) for t in texts], [len(t) for t in val]
     assert m["length_ks"] == pytest.approx(ks_2samp(lengths, val_lengths).statistic)
     assert m["length_wasserstein"] == pytest.approx(wasserstein_distance(lengths, val_lengths))
@@ -165,12 +165,20 @@ def test_distances_to_the_reference_equal_scipy():
                                              Counter(w for t in val for w in words(t))))
 
 
-def test_the_reference_row_holds_the_distance_between_its_own_halves():
+def test_the_reference_row_holds_the_distance_chance_gives():
+    """A temperature whose texts come from the reference's source is as far from it as its own halves are; one
+    from another source is far beyond."""
     rng = random.Random(3)
-    real = [" ".join(rng.choices(["alpha", "beta", "gamma"], k=rng.randint(2, 6))) for _ in range(200)]
-    t = table({1.0: ["zzz qqq"] * 200}, val=real)
-    for name in ("length_ks", "js_char_bigrams", "js_words"):
-        assert 0 < t.loc["reference", name] < 0.25 * t.loc["T=1", name]
+
+    def titles(vocab, n):
+        return [" ".join(rng.choices(vocab, k=rng.randint(2, 6))) for _ in range(n)]
+
+    real = ["alpha", "beta", "gamma", "delta", "epsilon"] * 3 + [f"w{i}" for i in range(40)]
+    t = table({0.5: titles(real, 300), 1.0: titles(["zzzzzzzzzz", "qqqqqqqqqqqq", "alpha"], 300)}, val=titles(real, 300))
+    for name in DISTANCES:
+        floor = t.loc["reference", [name, f"{name}_lo", f"{name}_hi"]]
+        assert floor.iloc[1] < t.loc["T=0.5", name] < floor.iloc[2] + (floor.iloc[2] - floor.iloc[1]), name
+        assert t.loc["T=1", name] > 3 * floor.iloc[2], name
 
 
 def test_zipf_coefficient_equals_a_least_squares_fit():
