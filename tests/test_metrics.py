@@ -174,7 +174,8 @@ def test_the_reference_row_holds_the_distance_chance_gives():
         return [" ".join(rng.choices(vocab, k=rng.randint(2, 6))) for _ in range(n)]
 
     real = ["alpha", "beta", "gamma", "delta", "epsilon"] * 3 + [f"w{i}" for i in range(40)]
-    t = table({0.5: titles(real, 300), 1.0: titles(["zzzzzzzzzz", "qqqqqqqqqqqq", "alpha"], 300)}, val=titles(real, 300))
+    other = ["zzzzzzzzzz", "qqqqqqqqqqqq", "alpha"]
+    t = table({0.5: titles(real, 300), 1.0: titles(other, 300)}, val=titles(real, 300))
     for name in DISTANCES:
         floor = t.loc["reference", [name, f"{name}_lo", f"{name}_hi"]]
         assert floor.iloc[1] < t.loc["T=0.5", name] < floor.iloc[2] + (floor.iloc[2] - floor.iloc[1]), name
