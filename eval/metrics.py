@@ -30,8 +30,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from eval.novelty import CHAR_ORDERS, NEAR_COPY_CAP, NEAR_COPY_THRESHOLD, Novelty, TrainingTitles, ngrams, novelty
-from eval.novelty import words as words  # noqa: PLC0414 (re-exported: the metrics' definition of a word)
+from eval.novelty import (
+    CHAR_ORDERS,
+    NEAR_COPY_CAP,
+    NEAR_COPY_THRESHOLD,
+    Novelty,
+    TrainingTitles,
+    ngrams,
+    novelty,
+    words,
+)
 from toolkit.files import UsageError
 
 # Column order of the metrics table, with the definitions the report prints as its legend.
@@ -351,7 +359,7 @@ def metrics_table(samples: pd.DataFrame, train: TrainingTitles | Sequence[str], 
                     g["logprob"].to_numpy(np.float64) if logprob else None)
               for t, g in samples.groupby("temperature", sort=True)]
     groups.append(Group("reference", math.nan, list(val_titles), np.ones(len(val_titles), bool),
-                        np.zeros(len(val_titles)) if logprob else None))
+                        np.zeros(len(val_titles)) if logprob else None))  # its bpc is reference_bpc instead
     smallest = min(groups, key=lambda g: len(g.texts))
     if size is not None and not 1 <= size <= len(smallest.texts):
         raise UsageError(f"--size {size} must lie between 1 and the smallest group ({smallest.label} holds "
@@ -366,7 +374,9 @@ def metrics_table(samples: pd.DataFrame, train: TrainingTitles | Sequence[str], 
         texts += [g.texts[i] for i in rows]
         finished.append(g.finished[rows])
         lp.append(g.logprob[rows] if g.logprob is not None else np.zeros(rows.size))
-        searched.append((np.arange(size) < -(-NEAR_COPY_CAP // len(p.rows)))[None, :].repeat(len(p.rows), 0).ravel())
+        k = len(p.rows)  # the cap's texts spread over the subsamples as evenly as they go
+        quota = NEAR_COPY_CAP // k + (np.arange(k) < NEAR_COPY_CAP % k)
+        searched.append((np.arange(size)[None, :] < quota[:, None]).ravel())
         offsets.append(offsets[-1] + rows.size)
     everything = Texts.build(texts, np.concatenate(finished), novelty(texts, train, np.concatenate(searched)),
                              np.concatenate(lp) if logprob else None)
@@ -411,7 +421,7 @@ def _interval(name: str, values: np.ndarray, size: int) -> tuple[float, float, f
     reps = values[int(not distance):]
     reps = reps[~np.isnan(reps)]
     est = (float(reps.mean()) if reps.size else math.nan) if distance else float(values[0])
-    if math.isnan(est) or reps.size < 2:
+    if math.isnan(est) or reps.size < 2 or size < 2:  # one text a subsample: no half to draw
         return est, math.nan, math.nan
     half = size // 2
     tails = [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2]

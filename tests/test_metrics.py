@@ -210,3 +210,17 @@ def test_novelty_curve_is_the_share_of_novel_character_ngrams():
 
 def test_words_are_lowercased_and_split_on_whitespace():
     assert words("  Stocks\tRally, stocks ") == ["stocks", "rally,", "stocks"]
+
+
+def test_near_copies_are_searched_in_at_most_the_cap_per_group(monkeypatch):
+    import eval.metrics
+    import eval.novelty
+
+    searched = []
+    near_copy = eval.novelty._CharMatches.near_copy
+    monkeypatch.setattr(eval.novelty._CharMatches, "near_copy", lambda self, i, t: searched.append(i) or
+                        near_copy(self, i, t))
+    monkeypatch.setattr(eval.metrics, "NEAR_COPY_CAP", 3)
+    t = table({1.0: ["a b c d"] * 10, 2.0: ["x y z"] * 2}, val=["a b c d", "q"])  # size 2: 5, 1 and 1 subsamples
+    assert len(searched) == 3 + 2 + 2  # one text in each of T=1's subsamples (3 of 10), both texts elsewhere
+    assert t.loc["T=1", "near_copy_rate"] == 1 and t.loc["T=2", "near_copy_rate"] == 1
