@@ -43,7 +43,7 @@ CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:90
 h2{margin-top:1.6em;border-bottom:1px solid #ddd}.tables{display:flex;flex-wrap:wrap;gap:0 2.5em}
 .tables>div{max-width:100%;overflow-x:auto}table{border-collapse:collapse;margin:.4em 0 1em;font-size:13px}
 th,td{padding:.25em .5em;border-bottom:1px solid #e4e4e4;vertical-align:top}th{font-weight:600;text-align:right}
-td{text-align:right;font-variant-numeric:tabular-nums}td:first-child,th:first-child{text-align:left}
+td{text-align:right;font-variant-numeric:tabular-nums}td:first-child,th:first-child,.label{text-align:left}
 td small{display:block;color:#777;font-size:11px;white-space:nowrap}tr.reference{background:#eef3fb}
 .facts td,.samples td,.samples th{text-align:left}.samples td{font-family:ui-monospace,monospace;font-size:12.5px}
 .samples td:last-child,.samples th:last-child{text-align:right;font-family:inherit}.near{color:#b00;font-weight:600}
@@ -290,11 +290,11 @@ def _tables_html(table: pd.DataFrame) -> str:
     lead = ["run"] if "run" in table else []
     parts = []
     for title, names in TABLES.items():
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in [*lead, "group", *(["samples"] if not parts else []),
-                                                               *names])
+        head = "".join(f"<th class=label>{h}</th>" for h in [*lead, "group"]) + "".join(
+            f"<th>{h}</th>" for h in [*(["samples"] if not parts else []), *names])
         rows = []
         for _, row in table.iterrows():
-            cells = [f"<td>{html.escape(str(row[c]))}</td>" for c in [*lead, "group"]]
+            cells = [f"<td class=label>{html.escape(str(row[c]))}</td>" for c in [*lead, "group"]]
             if not parts:
                 cells.append(f"<td>{int(row['samples']):,}</td>")
             cells += [_cell(row[n], row[f"{n}_lo"], row[f"{n}_hi"]) for n in names]
