@@ -40,6 +40,11 @@ def svg(fig: Figure) -> str:
     return text[text.index("<svg"):]
 
 
+def _plain(text: str) -> str:
+    """A run's name as matplotlib text: a `$` would start mathtext (and a bad formula would raise)."""
+    return text.replace("$", r"\$")
+
+
 def _errors(rows: pd.DataFrame, name: str) -> np.ndarray:
     """Asymmetric error bars [2, rows] from the _lo and _hi columns (0 where there is no interval)."""
     est = rows[name].to_numpy(float)
@@ -61,13 +66,14 @@ def frontier(tables: dict[str, pd.DataFrame]) -> str:
         colour = f"C{j}"
         ax.errorbar(temps[x], temps[y], xerr=_errors(temps, x), yerr=_errors(temps, y), color=colour,
                     linestyle=LINE_STYLES[j % len(LINE_STYLES)], linewidth=1, marker=MARKERS[j % len(MARKERS)],
-                    markersize=5, capsize=2, label=f"{run}: temperatures" if len(tables) > 1 else "temperatures")
+                    markersize=5, capsize=2,
+                    label=f"{_plain(run)}: temperatures" if len(tables) > 1 else "temperatures")
         for _, row in temps.iterrows():
             ax.annotate(f"{row['temperature']:g}", (row[x], row[y]), textcoords="offset points", xytext=(5, 4),
                         fontsize=8, color=colour)
         ax.errorbar([ref[x]], [ref[y]], xerr=_errors(ref.to_frame().T, x), yerr=_errors(ref.to_frame().T, y),
                     color=colour, marker="*", markersize=13, capsize=2, linestyle="none",
-                    label=f"{run}: real titles (reference)" if len(tables) > 1 else "real titles (reference)")
+                    label=f"{_plain(run)}: real titles (reference)" if len(tables) > 1 else "real titles (reference)")
     ax.set(xlabel="← closer to real titles    Jensen-Shannon divergence of word distributions (bits)",
            ylabel="distinct-2    more diverse →", title="Which temperature? Diversity against distance to real titles")
     ax.grid(alpha=0.3)
@@ -103,7 +109,8 @@ def trends(tables: dict[str, pd.DataFrame]) -> str:
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     if len(tables) > 1:
-        handles = [Line2D([], [], color="0.3", linestyle=LINE_STYLES[j % len(LINE_STYLES)], label=run)
+        handles = [Line2D([], [], color="0.3", linestyle=LINE_STYLES[j % len(LINE_STYLES)],
+                          label=_plain(run))
                    for j, run in enumerate(tables)]
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(tables), 4))
     return svg(fig)

@@ -152,6 +152,13 @@ def test_comparison_puts_runs_side_by_side_at_one_size(tmp_path):
     assert not (small / "metrics.csv").exists()
 
 
+def test_run_names_are_escaped_in_a_comparison(tmp_path):
+    odd = make_run(tmp_path, name="<b>$\\frac$ & co")
+    write_comparison([odd, make_run(tmp_path / "x", name="plain")], tmp_path / "cmp")
+    page = (tmp_path / "cmp" / "report.html").read_text(encoding="utf-8")
+    assert "<b>$" not in page and page.count("&lt;b&gt;$\\frac$ &amp; co") >= 3  # summary, tables, plot legend
+
+
 def test_comparison_refuses_to_overwrite_a_compared_directory(tmp_path):
     small, default = make_run(tmp_path, name="small"), make_run(tmp_path / "x", name="default")
     with pytest.raises(UsageError, match="overwrite"):
