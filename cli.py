@@ -153,18 +153,22 @@ def _sample(model: Path, out: Path, config, **options) -> None:
 def report(
     sample_dirs: Annotated[list[Path], typer.Argument(help="Directories written by sample-batch.")],
     out: Annotated[Path | None, typer.Option(help="Where a comparison of several directories goes.")] = None,
-    train_data: Annotated[str | None, typer.Option(help="Training titles for novelty, instead of the run's.")] = None,
+    train_data: Annotated[str | None, typer.Option(help="Training titles for novelty, instead of the run's "
+                                                        "reference.json.xz.")] = None,
+    size: Annotated[int | None, typer.Option(help="Texts per subsample: every group is scored at this size. "
+                                                  "[default: the smallest group]", show_default=False)] = None,
 ) -> None:
     """Score samples into metrics.csv and report.html; several directories give a side-by-side comparison."""
     if len(sample_dirs) > 1 and out is None:
         raise UsageError("comparing several sample directories needs --out DIR for the comparison report")
-    _report(sample_dirs, out, train_data)
+    _report(sample_dirs, out, train_data, size)
 
 
-def _report(sample_dirs: list[Path], out: Path | None, train_data: str | None) -> None:
+def _report(sample_dirs: list[Path], out: Path | None, train_data: str | None, size: int | None = None) -> None:
     from eval.report import write_comparison, write_report
 
-    paths = write_report(sample_dirs[0], train_data) if out is None else write_comparison(sample_dirs, out, train_data)
+    paths = (write_report(sample_dirs[0], train_data, size) if out is None
+             else write_comparison(sample_dirs, out, train_data, size))
     typer.echo("wrote " + " and ".join(map(str, paths)))
 
 

@@ -1,21 +1,34 @@
+"""The metrics against their definitions and against independent computations (NLTK, SciPy, Python sets)."""
+
 import math
 import random
+from collections import Counter
 
+import numpy as np
 import pandas as pd
 import pytest
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import ks_2samp, linregress, wasserstein_distance
 
-from eval.metrics import METRICS, TrainingTitles, group_metrics, metrics_table, self_bleu, words
+from eval.metrics import CURVE, DISTANCES, METRICS, distances, metrics_table, self_bleu, words
 
-TRAIN = TrainingTitles.build(["a b c d", " c a", "x y z"])
+TRAIN = ["a b c d", " c a", "x y z"]
 TEXTS = ["A b a b", "a b c d", "a b c d", "c a ", ""]
 FINISHED = [True, True, False, True, False]
+VAL = ["Real title one", "another real title", "a third real one", "news at noon", "the end"]
 
 
-def test_group_metrics_match_the_definitions():
-    m = group_metrics(TEXTS, FINISHED, TRAIN)
+def table(groups: dict[float, list[str]], val=VAL, train=TRAIN, finished=None, **kwargs) -> pd.DataFrame:
+    rows = [{"temperature": t, "text": x, "finished": True if finished is None else finished[i]}
+            for t, texts in groups.items() for i, x in enumerate(texts)]
+    return metrics_table(pd.DataFrame(rows), train, val, **kwargs).set_index("group")
+
+
+def test_metrics_match_the_definitions():
+    m = table({1.0: TEXTS}, finished=FINISHED).loc["T=1"]  # 5 texts, 5 reference titles: no subsampling
+    assert (m["samples"], m["size"], m["subsamples"]) == (5, 5, 1)
     # words: [a b a b] [a b c d] [a b c d] [c a] [] -> 14 words
-    assert m["samples"] == 5
     assert m["distinct_1"] == pytest.approx(4 / 14)  # a b c d
     assert m["distinct_2"] == pytest.approx(5 / 14)  # ab ba bc cd ca
     assert m["distinct_3"] == pytest.approx(4 / 14)  # aba bab abc bcd
@@ -24,19 +37,80 @@ def test_group_metrics_match_the_definitions():
     assert m["seq_rep_2"] == pytest.approx((1 / 3) / 4)
     assert m["duplicate_rate"] == pytest.approx(1 - 4 / 5)  # "a b c d" twice
     # "a b c d" (twice) and "c a " (training " c a", both stripped) are copies; "A b a b" and "" are novel
-    assert m["novelty"] == pytest.approx(2 / 5)
-    assert m["copy_rate"] == pytest.approx(3 / 5)
+    assert m["novelty"] == pytest.approx(2 / 5) and m["copy_rate"] == pytest.approx(3 / 5)
     # trigrams aba bab abc bcd abc bcd; training has abc bcd xyz: 2 of 6 novel
     assert m["novel_3gram_rate"] == pytest.approx(2 / 6)
+    # within 0.1 of a title: the two copies of "a b c d"; "c a " is 1 edit from " c a" in 4 characters
+    assert m["near_copy_rate"] == pytest.approx(2 / 5)
     assert m["mean_length"] == pytest.approx((7 + 7 + 7 + 4 + 0) / 5)
     assert m["finished_rate"] == pytest.approx(3 / 5)
-    assert list(m) == list(METRICS)
+    assert m["self_bleu"] == pytest.approx(self_bleu([words(t) for t in TEXTS]))
+    assert math.isnan(m["bpc"])  # no logprob column
 
 
-def test_a_group_without_words_scores_zero_not_nan():
-    m = group_metrics(["", "  "], [False, False], TRAIN)
-    assert [m[k] for k in ("distinct_1", "distinct_3", "seq_rep_2", "novel_3gram_rate", "self_bleu")] == [0] * 5
-    assert m["duplicate_rate"] == pytest.approx(0.0) and m["novelty"] == 1.0
+def test_every_metric_has_an_interval_around_its_estimate():
+    rng = random.Random(0)
+    t = table({0.5: [" ".join(rng.choices("abcdefgh", k=rng.randint(1, 8))) for _ in range(60)]},
+              val=[" ".join(rng.choices("abcdefghij", k=rng.randint(1, 8))) for _ in range(60)])
+    for name in [*METRICS, *CURVE.values()]:
+        for group in ("T=0.5", "reference"):
+            est, lo, hi = t.loc[group, [name, f"{name}_lo", f"{name}_hi"]]
+            if name == "bpc":
+                assert math.isnan(est) and math.isnan(lo)
+                continue
+            assert lo <= est <= hi, (group, name, lo, est, hi)
+            assert lo < hi or est in (0, 1), (group, name)  # only a constant has no spread
+
+
+def test_groups_are_scored_at_one_size_on_disjoint_subsamples():
+    rng = random.Random(1)
+    source = [" ".join(rng.choices([f"w{i}" for i in range(300)], k=6)) for _ in range(4000)]
+    t = table({0.5: source[:200], 1.0: source[200:2200]}, val=source[2200:2400])
+    assert t["size"].tolist() == [200] * 3 and t["subsamples"].tolist() == [1, 10, 1]
+    assert t["samples"].tolist() == [200, 2000, 200]
+    # same source, ten times the texts: distinct-1 is the same at equal size (scored on the whole 2,000 texts
+    # it would be far lower), within the intervals
+    whole = len({w for text in source[200:2200] for w in text.split()}) / (6 * 2000)
+    assert whole < 0.5 * t.loc["T=0.5", "distinct_1"]
+    assert abs(t.loc["T=1", "distinct_1"] - t.loc["T=0.5", "distinct_1"]) < (
+        t.loc["T=0.5", "distinct_1_hi"] - t.loc["T=0.5", "distinct_1_lo"])
+    assert table({0.5: source[:200], 1.0: source[200:2200]}, val=source[2200:2400], size=50)["subsamples"].tolist() \
+        == [4, 40, 4]
+
+
+def test_a_size_larger_than_a_group_is_refused():
+    from toolkit.files import UsageError
+
+    with pytest.raises(UsageError, match=r"--size 6 .*T=1 holds 5"):
+        table({1.0: TEXTS}, size=6)
+
+
+def test_bootstrap_intervals_cover_the_true_value():
+    """Groups drawn from one known source: the 95% interval of a per-text rate and of distinct-2 (whose true
+    value at this size is the mean over many independent groups) covers it in about 95% of groups."""
+    rng = np.random.default_rng(0)
+    vocab = np.array([f"w{i}" for i in range(60)])
+    weights = 1 / np.arange(1, 61)
+    weights /= weights.sum()
+
+    def group(n):
+        return [" ".join(rng.choice(vocab, size=rng.integers(1, 7), p=weights)) for _ in range(n)], rng.random(n) < .3
+
+    def distinct_2(texts):
+        toks = [t.split() for t in texts]
+        return len({g for t in toks for g in zip(t, t[1:], strict=False)}) / sum(map(len, toks))
+
+    truth = np.mean([distinct_2(group(80)[0]) for _ in range(400)])
+    covered = Counter()
+    trials = 60
+    for _ in range(trials):
+        texts, finished = group(80)
+        samples = pd.DataFrame({"temperature": 1.0, "text": texts, "finished": finished})
+        row = metrics_table(samples, TRAIN, group(80)[0]).iloc[0]
+        covered["finished"] += row["finished_rate_lo"] <= 0.3 <= row["finished_rate_hi"]
+        covered["distinct_2"] += row["distinct_2_lo"] <= truth <= row["distinct_2_hi"]
+    for name, n in covered.items():
+        assert 0.85 <= n / trials <= 1.0, (name, n / trials)
 
 
 def test_self_bleu_by_hand():
@@ -70,22 +144,83 @@ def test_self_bleu_scales_to_ten_thousand_samples():
     assert 0 < self_bleu(group) < 1
 
 
-def test_metrics_table_has_one_sorted_row_per_temperature_and_a_reference_row():
-    samples = pd.DataFrame({"temperature": [1.0, 1.0, 0.5], "text": ["x y z", "new words here", "c a"],
-                            "finished": [True, False, True]})
-    val = ["Real title one", "another real title"]
-    table = metrics_table(samples, ["a b c d", " c a", "x y z"], val)
-    assert list(table.columns[:2]) == ["group", "temperature"] and list(table.columns[2:]) == list(METRICS)
-    assert table["group"].tolist() == ["T=0.5", "T=1", "reference"]
-    assert table["samples"].tolist() == [1, 2, 2]
-    assert table["novelty"].tolist() == [0.0, 0.5, 1.0]  # "c a" and "x y z" are training titles
-    assert table["finished_rate"].tolist() == [1.0, 0.5, 1.0]
-    reference = table.iloc[-1]
-    assert math.isnan(reference["temperature"])
-    assert reference["distinct_1"] == pytest.approx(4 / 6)  # real title one another real title: 4 distinct of 6
-    assert reference.drop(["group", "temperature"]).to_dict() == pytest.approx(
-        group_metrics(val, [True, True], TRAIN), nan_ok=True)
+def test_distances_to_the_reference_equal_scipy():
+    rng = random.Random(2)
+    texts = [" ".join(rng.choices(["alpha", "beta", "gamma", "Delta", "é"], k=rng.randint(1, 9))) for _ in range(40)]
+    val = [" ".join(rng.choices(["alpha", "beta", "zeta", "eta"], k=rng.randint(2, 6))) for _ in range(40)]
+    m = distances(texts, val)
+    lengths, val_lengths = [len(t) for t in texts], [len(t) for t in val]
+    assert m["length_ks"] == pytest.approx(ks_2samp(lengths, val_lengths).statistic)
+    assert m["length_wasserstein"] == pytest.approx(wasserstein_distance(lengths, val_lengths))
+
+    def js(a: Counter, b: Counter) -> float:
+        keys = sorted(set(a) | set(b))
+        return jensenshannon([a[k] for k in keys], [b[k] for k in keys], base=2) ** 2
+
+    def bigrams(group):
+        return Counter(t[i:i + 2] for t in group for i in range(len(t) - 1))
+
+    assert m["js_char_bigrams"] == pytest.approx(js(bigrams(texts), bigrams(val)))
+    assert m["js_words"] == pytest.approx(js(Counter(w for t in texts for w in words(t)),
+                                             Counter(w for t in val for w in words(t))))
+
+
+def test_the_reference_row_holds_the_distance_chance_gives():
+    """A temperature whose texts come from the reference's source is as far from it as its own halves are; one
+    from another source is far beyond."""
+    rng = random.Random(3)
+
+    def titles(vocab, n):
+        return [" ".join(rng.choices(vocab, k=rng.randint(2, 6))) for _ in range(n)]
+
+    real = ["alpha", "beta", "gamma", "delta", "epsilon"] * 3 + [f"w{i}" for i in range(40)]
+    other = ["zzzzzzzzzz", "qqqqqqqqqqqq", "alpha"]
+    t = table({0.5: titles(real, 300), 1.0: titles(other, 300)}, val=titles(real, 300))
+    for name in DISTANCES:
+        floor = t.loc["reference", [name, f"{name}_lo", f"{name}_hi"]]
+        assert floor.iloc[1] < t.loc["T=0.5", name] < floor.iloc[2] + (floor.iloc[2] - floor.iloc[1]), name
+        assert t.loc["T=1", name] > 3 * floor.iloc[2], name
+
+
+def test_zipf_coefficient_equals_a_least_squares_fit():
+    rng = np.random.default_rng(4)
+    texts = [" ".join(f"w{int(x)}" for x in rng.zipf(1.6, size=rng.integers(3, 9)) if x < 500) or "w1"
+             for _ in range(120)]
+    frequencies = sorted(Counter(w for t in texts for w in words(t)).values(), reverse=True)
+    fit = linregress(np.log(np.arange(1, len(frequencies) + 1)), np.log(frequencies))
+    assert table({1.0: texts}, val=texts).loc["T=1", "zipf"] == pytest.approx(-fit.slope)
+
+
+def test_bits_per_character_come_from_the_logprob_column():
+    samples = pd.DataFrame({"temperature": [1.0, 1.0, 2.0], "text": ["abc", "de", "f"],
+                            "finished": [True, False, True], "logprob": [-4.0, -2.0, -1.0]})
+    t = metrics_table(samples, TRAIN, ["x", "y"], reference_bpc=2.5).set_index("group")
+    # T=1: (4 + 2) nats over (3 + 1) + (2 + 0) characters; the unfinished text has no end-of-title
+    assert t.loc["T=1", "bpc"] == pytest.approx(6 / math.log(2) / 6)
+    assert t.loc["T=2", "bpc"] == pytest.approx(1 / math.log(2) / 2)
+    assert t.loc["reference", "bpc"] == 2.5 and math.isnan(t.loc["reference", "bpc_lo"])
+
+
+def test_novelty_curve_is_the_share_of_novel_character_ngrams():
+    m = table({1.0: ["a b c dzzz", "x y z"]}, val=["p", "q"]).loc["T=1"]
+    # 4-grams "a b " " b c" "b c " " c d" (all in "a b c d"), "c dz" " dzz" "dzzz", and "x y " " y z" (a title)
+    assert m[CURVE[4]] == pytest.approx(3 / 9)
+    assert m[CURVE[20]] == 0  # no 20-grams at all: nothing to count
 
 
 def test_words_are_lowercased_and_split_on_whitespace():
     assert words("  Stocks\tRally, stocks ") == ["stocks", "rally,", "stocks"]
+
+
+def test_near_copies_are_searched_in_at_most_the_cap_per_group(monkeypatch):
+    import eval.metrics
+    import eval.novelty
+
+    searched = []
+    near_copy = eval.novelty._CharMatches.near_copy
+    monkeypatch.setattr(eval.novelty._CharMatches, "near_copy", lambda self, i, t: searched.append(i) or
+                        near_copy(self, i, t))
+    monkeypatch.setattr(eval.metrics, "NEAR_COPY_CAP", 3)
+    t = table({1.0: ["a b c d"] * 10, 2.0: ["x y z"] * 2}, val=["a b c d", "q"])  # size 2: 5, 1 and 1 subsamples
+    assert len(searched) == 3 + 2 + 2  # one text in each of T=1's subsamples (3 of 10), both texts elsewhere
+    assert t.loc["T=1", "near_copy_rate"] == 1 and t.loc["T=2", "near_copy_rate"] == 1

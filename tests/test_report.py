@@ -1,39 +1,49 @@
 import json
+import lzma
+import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import ROOT, assert_usage_error, run_cli
 
 from eval.report import write_comparison, write_report
-from toolkit.config import TrainConfig
 from toolkit.data import in_validation
 from toolkit.files import UsageError
 
 TRAIN = ["Stocks rally on hopes", "Oil prices fall again", "Team wins the final"]
 VAL = ["Markets close higher today", "New phone goes on sale", "Rain expected this weekend"]
 OTHER = [f"Other title number {i}" for i in range(40)] + ["brand new title"]  # big enough for a hashed split
-SAMPLES = {0.3: ["Oil prices fall again"], 1.0: ["Stocks rally on hopes", "brand new title", "brand new title"]}
+SAMPLES = {0.3: ["Oil prices fall again", "Oil prices fall agan", "Team wins"],
+           1.0: ["Stocks rally on hopes", "brand new title", "brand new title"]}
+
+
+def write_reference(d: Path, train=TRAIN, val=VAL) -> None:
+    with lzma.open(d / "reference.json.xz", "wt", encoding="utf-8") as f:
+        json.dump({"train_titles": train, "val_titles": val}, f)
 
 
 def make_run(root: Path, samples: dict[float, list[str]] = SAMPLES, name: str = "run", run_json: bool = True,
-             **config: object) -> Path:
-    """A sample directory as `cli.py sample-batch` leaves it, trained on TRAIN and validated on VAL."""
+             reference: bool = True, logprob: bool = False, **info: object) -> Path:
+    """A sample directory as `cli.py sample-batch` leaves it: samples.csv, run.json, reference.json.xz."""
     d = root / name
     d.mkdir(parents=True)
-    (root / "train.txt").write_text("\n".join(TRAIN), encoding="utf-8")
-    (root / "val.txt").write_text("\n".join(VAL), encoding="utf-8")
     pairs = [(t, text) for t, texts in samples.items() for text in texts]
     rows = [{"sample_id": i, "temperature": t, "prompt": "", "text": text, "length": len(text), "finished": True,
-             "seed": 0} for i, (t, text) in enumerate(pairs)]
+             **({"logprob": -2.0 * (len(text) + 1)} if logprob else {}), "seed": 0}
+            for i, (t, text) in enumerate(pairs)]
     pd.DataFrame(rows).to_csv(d / "samples.csv", index=False)
+    if reference:
+        write_reference(d)
     if run_json:
-        train_config = TrainConfig(data=str(root / "train.txt"), val_data=str(root / "val.txt")).replace(**config)
         (d / "run.json").write_text(json.dumps({
             "model": "runs/default/model.onnx", "provider": "CPUExecutionProvider", "rows": len(rows),
-            "characters": 1234, "seconds": 0.5, "chars_per_second": 2468.0, "temperatures": list(samples), "n": 3,
-            "top_k": 0, "top_p": 1.0, "max_len": 128, "seed": 0, "prompts": [""],
-            "train_config": train_config.to_dict(), "data_fingerprint": "abc123"}), encoding="utf-8")
+            "temperatures": list(samples), "n": 3, "seed": 0, "sampling": {"top_k": 0, "top_p": 1.0},
+            "train_config": {"data": "../data/gone.csv", "val_fraction": 0.5}, **info}), encoding="utf-8")
     return d
 
 
@@ -42,49 +52,89 @@ def test_report_writes_metrics_csv_and_a_self_contained_html(tmp_path):
     assert write_report(d) == (d / "metrics.csv", d / "report.html")
     metrics = pd.read_csv(d / "metrics.csv")
     assert metrics["group"].tolist() == ["T=0.3", "T=1", "reference"]
-    assert metrics["novelty"].tolist() == pytest.approx([0, 2 / 3, 1])  # copies of training titles are not novel
-    assert metrics["samples"].tolist() == [1, 3, len(VAL)]
+    assert metrics["novelty"].tolist() == pytest.approx([2 / 3, 2 / 3, 1])  # copies of training titles
+    assert metrics["near_copy_rate"].tolist() == pytest.approx([2 / 3, 1 / 3, 0])  # "...agan" is 1 edit away
+    assert metrics["samples"].tolist() == [3, 3, 3] and metrics["size"].tolist() == [3, 3, 3]
+    for name in ("distinct_2", "self_bleu", "js_words", "novel_char_4", "novel_char_20"):
+        assert {name, f"{name}_lo", f"{name}_hi"} <= set(metrics.columns)
     page = (d / "report.html").read_text(encoding="utf-8")
-    assert page.count("<svg") == 1 and "self_bleu" in page and "CPUExecutionProvider" in page
+    assert page.count("<svg") == 4  # frontier, metrics against temperature, lengths, novelty curve
+    assert "self_bleu" in page and "CPUExecutionProvider" in page and "within normalised edit distance" in page
     assert "2 × brand new title" in page  # the most repeated output, with its count
+    assert "<td>Oil prices fall agan</td><td>Oil prices fall again</td><td class=near>0.05</td>" in page
     assert re.findall(r'<script|<link|@import|(?:src|href)="(?!#)|url\((?!#)', page) == []  # nothing to fetch
-    assert sorted(p.name for p in d.iterdir()) == ["metrics.csv", "report.html", "run.json", "samples.csv"]
+    assert sorted(p.name for p in d.iterdir()) == ["metrics.csv", "reference.json.xz", "report.html", "run.json",
+                                                   "samples.csv"]
 
 
-def test_sample_text_is_escaped_in_the_report(tmp_path):
-    d = make_run(tmp_path, {1.0: ["<script>alert(1)</script>"] * 2, 1.5: ["<b>bold</b> & more"]})
+def test_sample_and_title_text_is_escaped_in_the_report(tmp_path):
+    d = make_run(tmp_path, {1.0: ["<script>alert(1)</script>"] * 2, 1.5: ["<b>bold</b> & more", "x"]})
+    write_reference(d, train=["<i>a training title</i>"], val=["<img src=x>", "ok"])
     write_report(d)
     page = (d / "report.html").read_text(encoding="utf-8")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script" not in page
-    assert "&lt;b&gt;bold&lt;/b&gt; &amp; more" in page and "<b>" not in page
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; more" in page and "<b>bold" not in page
+    assert "&lt;i&gt;a training title&lt;/i&gt;" in page and "<i>" not in page and "<img" not in page
 
 
-def test_train_data_replaces_the_runs_training_titles(tmp_path):
+def test_bits_per_character_beside_the_reference(tmp_path):
+    d = make_run(tmp_path, logprob=True, reference_bpc=2.5)
+    write_report(d)
+    metrics = pd.read_csv(d / "metrics.csv").set_index("group")
+    assert metrics.loc["T=1", "bpc"] == pytest.approx(2 / math.log(2))  # 2 nats for each character and the end
+    assert metrics.loc["reference", "bpc"] == 2.5
+    plain = make_run(tmp_path / "plain")  # neither the column nor the key: a dash, not a failure
+    write_report(plain)
+    assert pd.read_csv(plain / "metrics.csv")["bpc"].isna().all()
+    assert "<td>–</td>" in (plain / "report.html").read_text(encoding="utf-8")
+
+
+def test_samples_parquet_is_read_like_samples_csv(tmp_path):
+    d = make_run(tmp_path)
+    write_report(d)
+    expected = pd.read_csv(d / "metrics.csv")
+    samples = pd.read_csv(d / "samples.csv", keep_default_na=False)
+    (d / "samples.csv").unlink()
+    samples.to_parquet(d / "samples.parquet")
+    write_report(d)
+    pd.testing.assert_frame_equal(pd.read_csv(d / "metrics.csv"), expected)
+
+
+def test_train_data_replaces_the_training_titles(tmp_path):
     (tmp_path / "other.txt").write_text("\n".join(OTHER), encoding="utf-8")
-    d = make_run(tmp_path, val_fraction=0.5)
+    d = make_run(tmp_path)
     write_report(d, train_data=str(tmp_path / "other.txt"))
     metrics = pd.read_csv(d / "metrics.csv").set_index("group")
-    # "brand new title" (twice) falls in other.txt's training half, "Stocks rally on hopes" is not in other.txt
+    # "brand new title" (twice) falls in other.txt's training half (run.json's val_fraction 0.5); the rest does not
     assert not in_validation("brand new title", 0.5)
-    assert metrics.loc["T=1", "novelty"] == pytest.approx(1 / 3)
-    # the run's val_fraction is kept and its val_data dropped: the reference is half of other.txt by hash
-    assert metrics.loc["reference", "samples"] == sum(in_validation(t, 0.5) for t in OTHER)
+    assert metrics.loc["T=1", "novelty"] == pytest.approx(1 / 3) and metrics.loc["T=0.3", "novelty"] == 1
+    assert metrics.loc["reference", "samples"] == len(VAL)  # the reference titles stay the run's
+    assert "other.txt (" in (d / "report.html").read_text(encoding="utf-8")
 
 
-def test_train_data_stands_in_for_a_missing_run_json(tmp_path):
+def test_train_data_stands_in_for_a_missing_reference_file(tmp_path):
     (tmp_path / "other.txt").write_text("\n".join(OTHER), encoding="utf-8")
-    d = make_run(tmp_path, run_json=False)
+    d = make_run(tmp_path, run_json=False, reference=False)
     write_report(d, train_data=str(tmp_path / "other.txt"))
     metrics = pd.read_csv(d / "metrics.csv").set_index("group")
-    # without run.json the default val_fraction 0.1 splits other.txt; "brand new title" stays in training
-    assert not in_validation("brand new title", 0.1)
-    assert metrics.loc["T=1", "novelty"] == pytest.approx(1 / 3)
+    # without run.json the default val_fraction 0.1 splits other.txt, whose held-out part is the reference
+    assert metrics.loc["reference", "samples"] == sum(in_validation(t, 0.1) for t in OTHER)
     assert "No run.json" in (d / "report.html").read_text(encoding="utf-8")
 
 
-def test_comparison_puts_runs_side_by_side(tmp_path):
-    small = make_run(tmp_path, name="small")
-    default = make_run(tmp_path / "x", {0.3: ["Team wins the final"] * 2, 1.0: ["a b c", "d e f"]}, name="default")
+def test_size_sets_the_common_subsample_size(tmp_path):
+    d = make_run(tmp_path, {1.0: [f"title {i}" for i in range(7)]})
+    write_reference(d, val=[f"real {i}" for i in range(5)])
+    write_report(d, size=2)
+    metrics = pd.read_csv(d / "metrics.csv")
+    assert metrics["size"].tolist() == [2, 2] and metrics["subsamples"].tolist() == [3, 2]
+    assert "subsamples of <b>2</b> texts" in (d / "report.html").read_text(encoding="utf-8")
+
+
+def test_comparison_puts_runs_side_by_side_at_one_size(tmp_path):
+    small = make_run(tmp_path, {0.3: SAMPLES[0.3][:2], 1.0: SAMPLES[1.0]}, name="small")
+    default = make_run(tmp_path / "x", {0.3: ["Team wins the final"] * 4, 1.0: ["a b c", "d e f", "g", "h"]},
+                       name="default")
     out = tmp_path / "cmp"
     assert write_comparison([small, default], out) == (out / "metrics.csv", out / "report.html")
     metrics = pd.read_csv(out / "metrics.csv")
@@ -92,12 +142,21 @@ def test_comparison_puts_runs_side_by_side(tmp_path):
     assert metrics[["run", "group"]].values.tolist() == [
         ["small", "T=0.3"], ["small", "T=1"], ["small", "reference"],
         ["default", "T=0.3"], ["default", "T=1"], ["default", "reference"]]
+    assert metrics["size"].tolist() == [2] * 6  # the smallest group of either run
+    assert metrics["subsamples"].tolist() == [1, 1, 1, 2, 2, 1]
+    assert {"distinct_2_lo", "distinct_2_hi"} <= set(metrics.columns)
     assert metrics.set_index(["run", "group"]).loc[("default", "T=0.3"), "duplicate_rate"] == 0.5
     page = (out / "report.html").read_text(encoding="utf-8")
-    assert page.count("<svg") == 1 and page.count("<h3>") == 0  # one overlaid plot, no per-run sample lists
-    svg = page[page.index("<svg"):]
-    assert "small" in svg and "default" in svg  # the line-style legend names the runs
+    assert page.count("<svg") == 3 and page.count("<h3>T=") == 0  # no per-run sample lists
+    assert "small" in page[page.index("<svg"):] and "default" in page[page.index("<svg"):]  # legends name runs
     assert not (small / "metrics.csv").exists()
+
+
+def test_run_names_are_escaped_in_a_comparison(tmp_path):
+    odd = make_run(tmp_path, name="<b>$\\frac$ & co")
+    write_comparison([odd, make_run(tmp_path / "x", name="plain")], tmp_path / "cmp")
+    page = (tmp_path / "cmp" / "report.html").read_text(encoding="utf-8")
+    assert "<b>$" not in page and page.count("&lt;b&gt;$\\frac$ &amp; co") >= 3  # summary, tables, plot legend
 
 
 def test_comparison_refuses_to_overwrite_a_compared_directory(tmp_path):
@@ -119,9 +178,14 @@ BAD_INPUTS = {
     "missing columns": (lambda d: _columns(d, "sample_id,temperature", "0,1.0"), "text, finished"),
     "text temperature": (lambda d: _columns(d, HEADER, '0,hot,,A title,7,True,0'), "'hot'"),
     "finished not a bool": (lambda d: _columns(d, HEADER, '0,1.0,,A title,7,maybe,0'), "finished"),
-    "no run.json": (lambda d: (d / "run.json").unlink(), "--train-data"),
+    "logprob not a number": (lambda d: _columns(d, HEADER + ",logprob", '0,1.0,,A title,7,True,0,x'), "logprob"),
+    "damaged parquet": (lambda d: (d / "samples.parquet").write_bytes(b"PAR1 not really"), "samples.parquet"),
     "corrupt run.json": (lambda d: (d / "run.json").write_text("{"), "run.json"),
-    "missing training data": (lambda d: (d.parent / "train.txt").unlink(), "does not exist"),
+    "reference_bpc not a number": (lambda d: (d / "run.json").write_text('{"reference_bpc": "low"}'), "reference_bpc"),
+    "no reference file": (lambda d: (d / "reference.json.xz").unlink(), "--train-data"),
+    "corrupt reference file": (lambda d: (d / "reference.json.xz").write_bytes(b"\xfd7zXZ\x00junk"), "reference"),
+    "reference not lists": (lambda d: write_reference(d, train="a title"), "train_titles"),
+    "reference without val titles": (lambda d: write_reference(d, val=[]), "val_titles"),
 }
 
 
@@ -131,7 +195,28 @@ def test_bad_input_is_a_one_line_usage_error_that_writes_nothing(tmp_path, case)
     spoil, words = BAD_INPUTS[case]
     spoil(d)
     before = sorted(p.name for p in d.iterdir())
-    with pytest.raises(UsageError, match=words) as e:
+    with pytest.raises(UsageError, match=re.escape(words)) as e:
         write_report(d)
     assert "\n" not in str(e.value)
     assert sorted(p.name for p in d.iterdir()) == before  # no metrics.csv, report.html or temporary file
+
+
+def test_report_command_from_another_folder_offline(tmp_path):
+    """Only the sample directory is read: the run's data path (relative, long gone) and the corpus are not."""
+    d = make_run(tmp_path / "reports")
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    result = run_cli("report", os.path.relpath(d, elsewhere), cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert (d / "report.html").is_file() and pd.read_csv(d / "metrics.csv")["group"].iloc[-1] == "reference"
+    assert_usage_error(run_cli("report", d, "--size", "4", cwd=elsewhere), "--size 4")
+    assert_usage_error(run_cli("report", d, "--train-data", "missing.csv", cwd=elsewhere), "does not exist")
+
+
+def test_report_does_not_import_tensorflow(tmp_path):
+    d = make_run(tmp_path, logprob=True)
+    result = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "cli.py"), "report", str(d)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
+    assert "rapidfuzz" in imported and "tensorflow" not in imported and "keras" not in imported

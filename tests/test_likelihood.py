@@ -1,0 +1,62 @@
+"""Teacher-forced likelihood: batched and chunked, it equals a plain one-text loop and the model's own loss."""
+
+import math
+
+import numpy as np
+import pytest
+from test_sampling import VOCAB, ToyStep
+
+from eval.likelihood import log_likelihood
+from toolkit.vocab import BOS, EOS, SPECIALS, Vocab
+
+TOY_VOCAB = Vocab(tuple("abcdefgh"[: VOCAB - len(SPECIALS)]))
+
+
+def one_at_a_time(step, vocab, text, finished=True):
+    """The definition: feed <bos> and the text one id at a time, add log p(next id), then log p(<eos>)."""
+    ids = vocab.encode(text)
+    targets = ids + ([EOS] if finished else [])
+    state, total, token = step.initial_state(1), 0.0, BOS
+    for target in targets:
+        logits, state = step(np.array([token]), state)
+        logits = logits[0].astype(np.float64)
+        total += logits[target] - math.log(np.exp(logits - logits.max()).sum()) - logits.max()
+        token = target
+    return total
+
+
+def test_batched_scores_equal_one_text_at_a_time():
+    rng = np.random.default_rng(0)
+    step = ToyStep(seed=3)
+    texts = ["".join(rng.choice(list("abcdefgh"), rng.integers(0, 30))) for _ in range(40)] + ["", "a", "z?"]
+    finished = rng.random(len(texts)) < 0.7
+    expected = [one_at_a_time(step, TOY_VOCAB, t, f) for t, f in zip(texts, finished, strict=True)]
+    for batch_size in (1, 3, 64):  # chunks of one, of a few (rows dropped as they end), and all at once
+        got = log_likelihood(step, TOY_VOCAB, texts, finished, batch_size=batch_size)
+        assert got.dtype == np.float64 and got.shape == (len(texts),)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    assert log_likelihood(step, TOY_VOCAB, [""], [False])[0] == 0  # nothing to score
+    # finished by default: every text is scored on its <eos> too
+    np.testing.assert_allclose(log_likelihood(step, TOY_VOCAB, texts[:5]),
+                               [one_at_a_time(step, TOY_VOCAB, t) for t in texts[:5]], rtol=1e-6)
+
+
+def test_finished_must_match_the_texts():
+    with pytest.raises(ValueError, match="2 values for 1 texts"):
+        log_likelihood(ToyStep(), TOY_VOCAB, ["ab"], [True, False])
+
+
+def test_bits_per_character_of_the_validation_titles_equal_the_training_loss(tiny_run, tiny_onnx):
+    """The exported best checkpoint scores the held-out titles exactly as Keras did in training (val_bpc)."""
+    from toolkit.config import load_run_config
+    from toolkit.data import load_corpus
+    from toolkit.runtime import OnnxStep
+    from toolkit.train import read_history
+
+    config, _ = load_run_config(tiny_run)
+    val = load_corpus(config.data, config.field, config.val_fraction, config.val_data).val
+    step = OnnxStep(tiny_onnx, "cpu")
+    nats = log_likelihood(step, step.vocab, val, batch_size=50)
+    bpc = -nats.sum() / math.log(2) / sum(len(t) + 1 for t in val)
+    best = min(row["val_bpc"] for row in read_history(tiny_run))
+    assert bpc == pytest.approx(best, rel=1e-4)
