@@ -86,6 +86,12 @@ def test_reference_titles_travel_from_the_model_to_the_samples(tmp_path):
     onnx.save(proto, path)
     sample_batch(path, tmp_path / "s", SampleConfig((1.0,), n=3), device="cpu")
     assert (tmp_path / "s" / "reference.json.xz").read_bytes() == blob
+    from toolkit.sampling.likelihood import bits_per_character
+    from toolkit.sampling.runtime import OnnxStep
+
+    step = OnnxStep(path, "cpu")
+    assert json.loads((tmp_path / "s" / "run.json").read_text())["reference_bpc"] == pytest.approx(
+        bits_per_character(step, step.spec.vocab, ["c"]))
 
 
 def test_a_large_n_runs_in_bounded_chunks(model, tmp_path):

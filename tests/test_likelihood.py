@@ -4,12 +4,18 @@ import math
 
 import numpy as np
 import pytest
-from test_sampling import VOCAB, ToyStep
+from helpers import CHARS, step_model
 
-from eval.likelihood import log_likelihood
-from toolkit.vocab import BOS, EOS, SPECIALS, Vocab
+from toolkit.sampling.likelihood import log_likelihood
+from toolkit.sampling.runtime import OnnxStep
+from toolkit.vocab import BOS, EOS, Vocab
 
-TOY_VOCAB = Vocab(tuple("abcdefgh"[: VOCAB - len(SPECIALS)]))
+TOY_VOCAB = Vocab(CHARS)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return OnnxStep(step_model(tmp_path_factory.mktemp("m") / "m.onnx", seed=3), "cpu")
 
 
 def one_at_a_time(step, vocab, text, finished=True):
@@ -25,9 +31,9 @@ def one_at_a_time(step, vocab, text, finished=True):
     return total
 
 
-def test_batched_scores_equal_one_text_at_a_time():
+def test_batched_scores_equal_one_text_at_a_time(toy):
     rng = np.random.default_rng(0)
-    step = ToyStep(seed=3)
+    step = toy
     texts = ["".join(rng.choice(list("abcdefgh"), rng.integers(0, 30))) for _ in range(40)] + ["", "a", "z?"]
     finished = rng.random(len(texts)) < 0.7
     expected = [one_at_a_time(step, TOY_VOCAB, t, f) for t, f in zip(texts, finished, strict=True)]
@@ -41,22 +47,21 @@ def test_batched_scores_equal_one_text_at_a_time():
                                [one_at_a_time(step, TOY_VOCAB, t) for t in texts[:5]], rtol=1e-6)
 
 
-def test_finished_must_match_the_texts():
+def test_finished_must_match_the_texts(toy):
     with pytest.raises(ValueError, match="2 values for 1 texts"):
-        log_likelihood(ToyStep(), TOY_VOCAB, ["ab"], [True, False])
+        log_likelihood(toy, TOY_VOCAB, ["ab"], [True, False])
 
 
 def test_bits_per_character_of_the_validation_titles_equal_the_training_loss(tiny_run, tiny_onnx):
     """The exported best checkpoint scores the held-out titles exactly as Keras did in training (val_bpc)."""
     from toolkit.config import load_run_config
     from toolkit.data import load_corpus
-    from toolkit.runtime import OnnxStep
     from toolkit.train import read_history
 
     config, _ = load_run_config(tiny_run)
     val = load_corpus(config.data, config.field, config.val_fraction, config.val_data).val
     step = OnnxStep(tiny_onnx, "cpu")
-    nats = log_likelihood(step, step.vocab, val, batch_size=50)
+    nats = log_likelihood(step, step.spec.vocab, val, batch_size=50)
     bpc = -nats.sum() / math.log(2) / sum(len(t) + 1 for t in val)
     best = min(row["val_bpc"] for row in read_history(tiny_run))
     assert bpc == pytest.approx(best, rel=1e-4)

@@ -14,7 +14,9 @@ import numpy as np
 
 from toolkit.files import UsageError, exclusive, write_bytes, write_text
 from toolkit.sampling.config import SampleConfig
+from toolkit.sampling.contract import read_reference
 from toolkit.sampling.engine import Engine
+from toolkit.sampling.likelihood import bits_per_character
 from toolkit.sampling.runtime import OnnxStep
 from toolkit.sampling.writer import FORMATS, check_format, sample_writer
 
@@ -73,14 +75,16 @@ def sample_batch(model: str | Path, out: str | Path, config: SampleConfig, *, de
         run = SampleRun(str(model), engine.provider, tf32, engine.cuda_graph, engine.cuda_graph_error, batch_size,
                         engine.sync_every, fmt, config.rows, characters, seconds)
         stale = [*STALE, *(f"samples.{other}" for other in FORMATS if other != fmt)]
+        reference_bpc = None
         if step.spec.reference is None:
             stale.append(REFERENCE_FILE)
         else:
             write_bytes(out / REFERENCE_FILE, step.spec.reference)
+            reference_bpc = bits_per_character(step, step.spec.vocab, read_reference(step.spec)["val_titles"])
         for name in stale:
             (out / name).unlink(missing_ok=True)  # what an earlier run left here no longer describes these samples
         write_text(out / "run.json", json.dumps({
             **dataclasses.asdict(run), "chars_per_second": run.chars_per_second, "sampling": config.to_dict(),
             "train_config": step.spec.config, "data_fingerprint": step.spec.fingerprint,
-            "precision": step.spec.precision}, indent=2))
+            "precision": step.spec.precision, "reference_bpc": reference_bpc}, indent=2))
     return run

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import lzma
 from dataclasses import dataclass
 
 from toolkit.files import UsageError
@@ -70,3 +71,14 @@ class StepSpec:
         except (KeyError, ValueError, TypeError) as e:  # json and base64 errors are ValueErrors
             raise UsageError(f"{path} has damaged charlm metadata ({e}); export the model again") from None
         return spec
+
+
+def read_reference(spec: StepSpec) -> dict[str, list[str]]:
+    """The run's titles the model carries: {"train_titles": [...], "val_titles": [...]}."""
+    try:
+        data = json.loads(lzma.decompress(spec.reference))
+        if not all(isinstance(data.get(k), list) for k in ("train_titles", "val_titles")):
+            raise ValueError("train_titles or val_titles missing")
+    except (lzma.LZMAError, ValueError, TypeError) as e:
+        raise UsageError(f"the model's reference titles are damaged ({e}); export the model again") from None
+    return data

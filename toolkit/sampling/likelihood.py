@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from toolkit.sampling import Step
+from toolkit.sampling.reference import Step
 from toolkit.vocab import BOS, EOS, Vocab
 
 
@@ -64,3 +64,11 @@ def _chunk(step: Step, ids: list[list[int]], targets: np.ndarray) -> np.ndarray:
         if going.sum() <= 0.875 * going.size:  # as in sampling: drop ended rows once an eighth has ended
             active, state = active[going], step.select(state, np.flatnonzero(going))
     return total
+
+
+def bits_per_character(step: Step, vocab: Vocab, texts: Sequence[str]) -> float:
+    """Bits per character of finished texts under the model, counting each text's <eos> as a character: the
+    figure training reports as val_bpc, so samples and real titles can be set beside it."""
+    if not texts:
+        return float("nan")
+    return -float(log_likelihood(step, vocab, texts).sum()) / np.log(2) / sum(len(t) + 1 for t in texts)
