@@ -160,3 +160,16 @@ def test_characters_beyond_ascii_are_written_as_the_model_made_them(tmp_path):
     rows = read(tmp_path / "s")
     assert (rows["length"] == rows["text"].str.len()).all() and rows["text"].str.startswith("é,").all()
     assert set("".join(rows["text"])) <= set("aé字😀 ,") and rows["text"].str.contains("字|😀").any()
+
+
+@pytest.mark.parametrize("cores", [1, 3])
+def test_any_number_of_cpu_engines_writes_the_same_file_in_order(model, tmp_path, monkeypatch, cores):
+    import toolkit.sampling.batch as batch
+
+    config = sampling_config((0.5, 1.5), n=300, seed=4)
+    sample_batch(model, tmp_path / "one", config, device="cpu", batch_size=50)
+    monkeypatch.setattr(batch, "cpu_cores", lambda: cores)
+    sample_batch(model, tmp_path / "many", config, device="cpu", batch_size=50)
+    one, many = read(tmp_path / "one"), read(tmp_path / "many")
+    assert many["sample_id"].tolist() == list(range(600))
+    assert one.drop(columns="logprob").equals(many.drop(columns="logprob"))

@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
+import os
+import queue
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,13 +21,18 @@ from toolkit.sampling.config import SampleConfig
 from toolkit.sampling.contract import read_reference
 from toolkit.sampling.engine import Engine
 from toolkit.sampling.likelihood import bits_per_character
-from toolkit.sampling.runtime import OnnxStep
+from toolkit.sampling.runtime import CUDA, OnnxStep
 from toolkit.sampling.writer import FORMATS, check_format, sample_writer
 
 CHUNK_ROWS = {"cpu": 1024, "cuda": 65_536}  # the default --batch-size: see docs/benchmarks.md
 MAX_CHUNK_ROWS = 2**24
 REFERENCE_FILE = "reference.json.xz"
 STALE = ("metrics.csv", "report.html")  # the report of earlier samples in the same directory
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -59,18 +68,36 @@ def sample_batch(model: str | Path, out: str | Path, config: SampleConfig, *, de
         raise UsageError(f"--batch-size must be an integer from 1 to {MAX_CHUNK_ROWS:,}, not {batch_size}")
     out = Path(out)
     step = step or OnnxStep(model, device, tf32)
-    engine = Engine(step, config, **engine_options)
+    workers = 1 if step.provider == CUDA else cpu_cores()
+    engines: queue.SimpleQueue[Engine] = queue.SimpleQueue()
+    for _ in range(workers):  # on CPU an engine per core, each on one thread: see docs/benchmarks.md
+        engine = Engine(step, config, threads=1 if workers > 1 else None, **engine_options)
+        engines.put(engine)
     batch_size = batch_size or CHUNK_ROWS[engine.device]
+
+    def generate(rows: np.ndarray):
+        engine = engines.get()
+        try:
+            return engine.generate(rows)
+        finally:
+            engines.put(engine)
+
     with exclusive(out):
         characters, started = 0, time.perf_counter()
-        with sample_writer(out / f"samples.{fmt}", fmt, config, step.spec.vocab) as write:
-            for first in range(0, config.rows, batch_size):
-                rows = np.arange(first, min(first + batch_size, config.rows))
-                batch = engine.generate(rows)
-                write(rows, batch)
-                characters += int(np.count_nonzero(batch.ids))
-                if progress:
-                    progress(int(rows[-1]) + 1, characters)
+        with sample_writer(out / f"samples.{fmt}", fmt, config, step.spec.vocab) as write, \
+                ThreadPoolExecutor(workers, thread_name_prefix="engine") as pool:
+            pending: collections.deque = collections.deque()
+            for first in [*range(0, config.rows, batch_size), None]:  # None: take what is still pending
+                if first is not None:
+                    rows = np.arange(first, min(first + batch_size, config.rows))
+                    pending.append((rows, pool.submit(generate, rows)))
+                while pending and (first is None or len(pending) > workers):  # chunks written in order
+                    rows, future = pending.popleft()
+                    batch = future.result()
+                    write(rows, batch)
+                    characters += int(np.count_nonzero(batch.ids))
+                    if progress:
+                        progress(int(rows[-1]) + 1, characters)
             seconds = time.perf_counter() - started
         run = SampleRun(str(model), engine.provider, tf32, engine.cuda_graph, engine.cuda_graph_error, batch_size,
                         engine.sync_every, fmt, config.rows, characters, seconds)

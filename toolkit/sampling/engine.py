@@ -91,7 +91,8 @@ class Engine:
     """Samples chunks of rows of one `SampleConfig` from one exported model."""
 
     def __init__(self, step: OnnxStep, config: SampleConfig, *, sync_every: int | None = None,
-                 shrink: float | None = None, cuda_graph: bool | None = None, profile: bool = False):
+                 shrink: float | None = None, cuda_graph: bool | None = None, profile: bool = False,
+                 threads: int | None = None):
         import onnxruntime as ort
 
         self.ort, self.model, self.config, self.spec = ort, step.model, config, step.spec
@@ -104,26 +105,27 @@ class Engine:
         self.cuda_graph = self.device == "cuda" if cuda_graph is None else cuda_graph and self.device == "cuda"
         self.carried, self.constants = carried(self.spec, config), constants(config)
         self.cuda_graph_error: str | None = None
-        self.graph, self.tf32, self.profile = compose(self.model.proto, self.spec, config, self.sync_every), \
-            step.tf32, profile
+        self.graph, self.tf32, self.profile, self.threads = \
+            compose(self.model.proto, self.spec, config, self.sync_every), step.tf32, profile, threads
         self._buffers: dict[int, _Buffers] = {}
         try:
             self.session = session(self.graph, self.device, tf32=self.tf32, cuda_graph=self.cuda_graph,
-                                   profile=profile)
+                                   profile=profile, threads=threads)
         except UsageError as e:
             if not self.cuda_graph:
                 raise
             self._without_cuda_graph(e)
         self.provider = self.session.get_providers()[0]
+        helpers = dict(device=self.device, threads=threads)
         self.selector = session(_select_graph(self.spec, [t for t in [*self.carried, *self.constants]
-                                                          if t.name not in (HISTORY, UNIFORM)]), self.device)
-        self.uniformer = session(uniform_graph(config, self.sync_every), self.device)
-        self.starter = session(_start_graph([t for t in self.carried if t.name != HISTORY]), self.device)
+                                                          if t.name not in (HISTORY, UNIFORM)]), **helpers)
+        self.uniformer = session(uniform_graph(config, self.sync_every), **helpers)
+        self.starter = session(_start_graph([t for t in self.carried if t.name != HISTORY]), **helpers)
 
     def _without_cuda_graph(self, error: Exception) -> None:
         """Go on without CUDA graphs (same samples, more launch overhead), saying why in `cuda_graph_error`."""
         self.cuda_graph, self.cuda_graph_error = False, str(error).splitlines()[0][:300]
-        self.session = session(self.graph, self.device, tf32=self.tf32, profile=self.profile)
+        self.session = session(self.graph, self.device, tf32=self.tf32, profile=self.profile, threads=self.threads)
         self._buffers.clear()
 
     def generate(self, rows: np.ndarray) -> Batch:

@@ -46,11 +46,12 @@ class Model:
 
 
 def session(model: onnx.ModelProto | bytes, device: str = "auto", *, tf32: bool = False, cuda_graph: bool = False,
-            profile: bool = False):
+            profile: bool = False, threads: int | None = None):
     """An InferenceSession on `device`; auto takes CUDA only where onnxruntime really starts it.
 
     TF32 is off unless asked for: with it, CUDA logits differ from CPU by about 1e-2 (measured), which changes
     samples; without it, by about 1e-5. `profile` records onnxruntime's per-node timings (for the benchmarks).
+    `threads` caps onnxruntime's CPU threads (its default: one per core).
     """
     import onnxruntime as ort
 
@@ -65,6 +66,8 @@ def session(model: onnx.ModelProto | bytes, device: str = "auto", *, tf32: bool 
     data = model if isinstance(model, bytes) else model.SerializeToString()
     options = ort.SessionOptions()
     options.enable_profiling = profile
+    if threads:
+        options.intra_op_num_threads = threads
     try:
         sess = ort.InferenceSession(data, options, providers=providers)
     except Exception as e:  # onnxruntime raises its own untyped errors
