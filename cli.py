@@ -68,13 +68,16 @@ def train(
 
     config = resolve_config(out, flags, resume=resume, overwrite=overwrite)  # before TensorFlow loads, so
     corpus = load_corpus(config.data, config.field, config.val_fraction, config.val_data)  # bad input fails fast
+    from toolkit.train import Interrupted
     from toolkit.train import train as fit
 
     try:
-        history = fit(config, out, resume=resume, log=typer.echo, corpus=corpus)
-    except KeyboardInterrupt:
-        typer.echo(f"interrupted: completed epochs are saved in {out}; continue with "
-                   f"`python cli.py train --out {out} --resume`", err=True)
+        history = fit(config, out, resume=resume, overwrite=overwrite, log=typer.echo, corpus=corpus)
+    except Interrupted as e:
+        typer.echo(f"interrupted: {e.epochs} completed epochs are saved in {out}; continue with "
+                   f"`python cli.py train --out {out} --resume`" if e.epochs else
+                   f"interrupted before the first epoch completed: nothing was written, {out} is as it was",
+                   err=True)
         raise typer.Exit(130) from None
     if history:
         best = min(history, key=lambda row: row["val_bpc"])

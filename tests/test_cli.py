@@ -18,7 +18,7 @@ def test_help_lists_every_command():
 @pytest.mark.parametrize("args, words", [
     (["--data", "missing.csv"], ["missing.csv", "does not exist"]),
     (["--data", "ftp://x"], ["unknown data source"]),
-    (["--units", "0"], ["--units", "positive"]),
+    (["--units", "0"], ["--units", "from 1 to"]),
     (["--epochs", "-1"], ["--epochs"]),
     (["--lr", "0"], ["--lr"]),
     (["--val-fraction", "1.5"], ["--val-fraction"]),
