@@ -98,8 +98,8 @@ def check_out(out: Path, *, resume: bool, overwrite: bool) -> Path:
             if not overwrite:
                 raise UsageError(f"{out} already holds a run; pass --resume to continue it or --overwrite "
                                  "to replace it")
-            _writable(out, "the run")
             _not_in_use(out)
+        _writable(out, "--out")
     ancestor = out.parent
     while not ancestor.exists():
         ancestor = ancestor.parent

@@ -184,14 +184,18 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, overwrite: bo
         lock = lock_run(run)
     checkpoint = RunCheckpoint(run, out, history, predicted_characters(corpus.train), config.lr)
     try:
-        if resume and config.epochs != saved.epochs:  # the new total is the truth from now on
-            save_run_config(out / "config.json", config, **{k: v for k, v in facts.items() if k != "config"})
-        if not resume:
-            vocab.save(run / "vocab.json")
-            save_run_config(run / "config.json", config, vocab_size=vocab.size,
-                            data_fingerprint=fingerprint(corpus.train),
-                            train_texts=len(corpus.train), val_texts=len(corpus.val))
-            write_reference(run, corpus)
+        try:
+            if resume and config.epochs != saved.epochs:  # the new total is the truth from now on
+                save_run_config(out / "config.json", config, **{k: v for k, v in facts.items() if k != "config"})
+            if not resume:
+                vocab.save(run / "vocab.json")
+                save_run_config(run / "config.json", config, vocab_size=vocab.size,
+                                data_fingerprint=fingerprint(corpus.train),
+                                train_texts=len(corpus.train), val_texts=len(corpus.val))
+                write_reference(run, corpus)
+        except OSError as e:  # a full disk, say: atomic_path has removed what it began
+            raise UsageError(f"cannot write {e.filename or run}: {e.strerror}; free some space or choose another "
+                             "--out") from None
         _fit(config, model, vocab, corpus, checkpoint, log, verbose, done=len(history))
     except KeyboardInterrupt:
         raise Interrupted(len(history) if checkpoint.run == out else 0) from None
