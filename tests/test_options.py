@@ -117,3 +117,23 @@ def test_any_typed_value_is_one_line_and_exit_2(tmp_path, case):
 def test_out_of_range_values_through_a_real_process(args, words, tmp_path):
     assert_usage_error(run_cli("train", "--out", tmp_path / "run", *args, cwd=tmp_path), *words)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unreachable_tfds_source_fails_within_seconds(tmp_path, monkeypatch):
+    """Offline, TFDS would retry its download for minutes; the toolkit says so at once."""
+    pytest.importorskip("tensorflow_datasets")
+    import socket
+    import time
+
+    from toolkit.data import load_corpus
+
+    def offline(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # nothing prepared there
+    monkeypatch.setattr(socket, "create_connection", offline)
+    started = time.perf_counter()
+    with pytest.raises(UsageError, match="cannot download tfds:ag_news_subset: no network"):
+        load_corpus("tfds:ag_news_subset")
+    assert time.perf_counter() - started < 10
+    assert not any(tmp_path.rglob("*.tfrecord*"))

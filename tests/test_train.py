@@ -230,9 +230,13 @@ def test_a_failure_before_the_first_epoch_leaves_the_old_run_whole(old_run, titl
 
 def test_divergence_stops_at_the_batch_and_keeps_the_last_finite_epoch(titles_csv, tmp_path, monkeypatch):
     out = tmp_path / "run"
+    batches: list[int] = []
     sabotage(monkeypatch, 2, "begin", poison)
+    monkeypatch.setattr(toolkit.train.RunCheckpoint, "on_train_batch_begin", lambda self, b, logs=None: batches.append(
+        self.epoch) if self.epoch == 2 else None, raising=False)
     with pytest.raises(UsageError, match=r"non-finite.*epoch 2.*keeps epoch 1.*lower --lr than 0.003"):
         train(tiny(titles_csv, epochs=3), out, verbose=0, log=lambda _: None)
+    assert batches == [2]  # stopped at the batch where the loss went NaN, not at the end of the epoch
     assert [row["epoch"] for row in read_history(out)] == [1]
     steps = iterations(out / "last.keras")
     for name in ("last.keras", "best.keras"):

@@ -89,9 +89,11 @@ def _read_tfds(name: str) -> tuple[list[Row], list[Row]]:
     import tensorflow_datasets as tfds
 
     try:
-        if not tfds.builder(name).is_prepared():
+        try:
+            splits = tfds.load(name, split=["train", "test"], batch_size=65536, download=False)
+        except AssertionError:  # TFDS's word for "not prepared in the data dir": a download is needed
             _check_online(name)
-        splits = tfds.load(name, split=["train", "test"], batch_size=65536)
+            splits = tfds.load(name, split=["train", "test"], batch_size=65536)
     except UsageError:
         raise
     except Exception as e:  # TFDS raises many types: unknown name, no network, bad data_dir
