@@ -78,14 +78,16 @@ REFUSED = [  # (how --out is made, flags, words of the error)
 
 
 @pytest.mark.parametrize("make, flags, words", REFUSED, ids=lambda x: getattr(x, "__name__", None))
-def test_the_cli_and_the_library_refuse_the_same_outs_and_touch_nothing(make, flags, words, tmp_path, small_csv):
+def test_the_cli_and_the_library_refuse_the_same_outs_and_touch_nothing(make, flags, words, tmp_path):
+    """Refused before any data is read (the data file does not even exist), word for word alike."""
     out = make(tmp_path / "run")
     before = snapshot(tmp_path)
-    result = run_cli("train", "--data", small_csv, "--out", out, "--units", "8", *flags)
+    missing = tmp_path / "missing.csv"
+    result = run_cli("train", "--data", missing, "--out", out, "--units", "8", *flags)
     assert_usage_error(result, *words)
     assert snapshot(tmp_path) == before
     with pytest.raises(UsageError) as e:
-        train(TrainConfig(data=str(small_csv), units=8), out, resume="--resume" in flags,
+        train(TrainConfig(data=str(missing), units=8), out, resume="--resume" in flags,
               overwrite="--overwrite" in flags, verbose=0)
     assert f"error: {e.value}" == result.stderr.strip().splitlines()[-1]  # word for word what the CLI says
     assert snapshot(tmp_path) == before
