@@ -6,7 +6,6 @@ machines with onnxruntime alone.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -75,12 +74,13 @@ def train(
     reference.json.xz."""
     flags = {k: v for k, v in locals().items() if k not in ("out", "resume", "overwrite")}
     from toolkit.config import resolve_config
-    from toolkit.data import load_corpus
+    from toolkit.data import TFDS_SCHEME, load_corpus
 
     config = resolve_config(out, flags, resume=resume, overwrite=overwrite)  # before TensorFlow loads, so
-    with _quiet_stderr():  # bad input fails fast
-        import tensorflow  # noqa: F401
+    if config.data.startswith(TFDS_SCHEME):  # bad input fails fast; TFDS loads TensorFlow: quietly, first
+        _import_tensorflow()
     corpus = load_corpus(config.data, config.field, config.val_fraction, config.val_data)
+    _import_tensorflow()
     from toolkit.train import Interrupted
     from toolkit.train import train as fit
 
@@ -200,16 +200,15 @@ def pipeline(
     _report([report_dir], None, None)
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence file descriptor 2: TensorFlow's C++ start-up lines reach it during import, before any setting
-    (TF_CPP_MIN_LOG_LEVEL included) applies. Python's own errors are raised after it is restored."""
+def _import_tensorflow() -> None:
+    """Import TensorFlow with file descriptor 2 silenced: its C++ start-up lines reach it during the import,
+    before any setting (TF_CPP_MIN_LOG_LEVEL included) applies. An import error is raised after it is restored."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
-            yield
+            import tensorflow  # noqa: F401
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import onnx
 import pytest
-from helpers import ROOT, assert_usage_error
+from helpers import ROOT, assert_usage_error, run_cli
 
 import toolkit.rundir
 import toolkit.train
@@ -383,3 +383,45 @@ def test_the_run_stores_its_training_and_held_out_titles(titles_csv, tmp_path):
     held = [t for t in reference["val_titles"] if in_validation(t, 0.1)]
     assert held == reference["val_titles"] and len(held) > 5  # titles, although the model validated on descriptions
     assert not set(reference["val_titles"]) & set(reference["train_titles"])
+
+
+# --- item 5: what a user can do to a run, or the machine to training, ends in one line ---------------------------
+
+@pytest.mark.parametrize("name, text", [
+    ("config.json", '{"config": {"units": "many"}}'),
+    ("config.json", "{not json"),
+    ("vocab.json", '{"chars": 3}'),
+    ("last.keras", "truncated"),
+])
+def test_a_tampered_run_is_refused_on_resume_in_one_line(old_run, tmp_path, name, text):
+    run = copy_run(old_run, tmp_path)
+    (run / name).write_text(text)
+    before = snapshot(run)
+    result = run_cli("train", "--out", run, "--resume", "--epochs", "2")
+    assert_usage_error(result, "corrupt")
+    assert snapshot(run) == before
+
+
+def test_a_full_disk_during_an_epoch_is_one_line_and_keeps_the_old_run(old_run, titles_csv, tmp_path, monkeypatch):
+    run = copy_run(old_run, tmp_path)
+    before = snapshot(run)
+
+    def full(self, path, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(keras.Model, "save", full)
+    with pytest.raises(UsageError, match="No space left on device"):
+        train(tiny(titles_csv, seed=3), run, overwrite=True, verbose=0, log=lambda _: None)
+    assert snapshot(run) == before and siblings(run) == []
+
+
+def test_running_out_of_memory_is_one_line_naming_the_sizes(titles_csv, tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    def oom(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+    monkeypatch.setattr(keras.Model, "fit", oom)
+    with pytest.raises(UsageError, match="out of memory.*--batch-size 32.*--units 8"):
+        train(tiny(titles_csv), tmp_path / "run", verbose=0, log=lambda _: None)
+    assert not (tmp_path / "run").exists() and siblings(tmp_path / "run") == []

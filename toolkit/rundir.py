@@ -72,6 +72,9 @@ def check_out(out: Path, *, resume: bool, overwrite: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a directory; choose a directory")
     if resume:
+        if not out.exists():
+            raise UsageError(f"--out {out} does not exist, so there is no checkpoint to resume; run without "
+                             "--resume to start a new run")
         if not is_run(out):
             raise UsageError(f"{out} is not a charlm run (no {MARKER}); pass the --out of an earlier `train`")
         if _marker(out).get("format") != FORMAT:
