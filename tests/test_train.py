@@ -226,6 +226,30 @@ def test_a_failure_before_the_first_epoch_leaves_the_old_run_whole(old_run, titl
         assert "epoch 1" in str(e.value) and "as it was" in str(e.value)
 
 
+@pytest.mark.parametrize("overwrite, held, words", [(False, False, "a run appeared"),
+                                                     (True, True, "another `train` is writing")])
+def test_a_run_that_appears_while_training_is_never_replaced_unasked(old_run, titles_csv, tmp_path, monkeypatch,
+                                                                    overwrite, held, words):
+    """Two trains into one --out: the second to finish its first epoch is refused, and the first run stays whole."""
+    out = tmp_path / "run"
+    handles = []
+
+    def other_train(_model):
+        if not out.exists():
+            shutil.copytree(old_run, out)  # what a concurrent `train` made meanwhile
+            if held:
+                handles.append(toolkit.rundir.lock_run(out))  # and is still writing
+
+    sabotage(monkeypatch, 1, "begin", other_train)
+    try:
+        with pytest.raises(UsageError, match=words):
+            train(tiny(titles_csv, seed=9), out, overwrite=overwrite, verbose=0, log=lambda _: None)
+    finally:
+        for handle in handles:
+            handle.close()
+    assert snapshot(out) == snapshot(old_run) and siblings(out) == []
+
+
 # --- item 3: divergence stops training and keeps the last finite epoch ------------------------------------------
 
 def test_divergence_stops_at_the_batch_and_keeps_the_last_finite_epoch(titles_csv, tmp_path, monkeypatch):

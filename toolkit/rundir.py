@@ -28,7 +28,10 @@ PENDING = ".pending."  # prefix of an epoch's files before the journal commits t
 # What charlm writes into a run: `train`'s files, `export-onnx`'s default outputs, and temporaries of killed writes.
 MADE_HERE = (MARKER, JOURNAL, "config.json", "vocab.json", "history.csv", "last.keras", "best.keras",
              "reference.json.xz", "*.onnx", "*.verify.json", f"{PENDING}*", ".*.tmp*")
-STRAYS = (f"{PENDING}*", ".*.tmp*")  # left only by a killed process
+# Left only by a killed `train`: pending epoch files and atomic_path's temporaries of what train writes (another
+# command's temporaries, such as a running export's, are not train's to remove).
+STRAYS = (f"{PENDING}*", *(f".{Path(name).stem}.*.tmp{Path(name).suffix}" for name in (
+    MARKER, JOURNAL, "config.json", "vocab.json", "reference.json.xz")))
 
 
 def _marker(path: Path) -> dict:
@@ -121,7 +124,7 @@ def _not_in_use(run: Path) -> None:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except OSError:
         pass  # another user's process
@@ -138,7 +141,7 @@ def recover_siblings(out: Path) -> None:
         kind, _, rest = sibling.name.removeprefix(f".{out.name}.").partition("-")
         pid = rest.split("-")[0]
         if (not sibling.name.startswith(f".{out.name}.") or kind not in ("new", "old") or not pid.isdigit()
-                or _alive(int(pid)) or not (is_run(sibling) or not _foreign(sibling))):
+                or not sibling.is_dir() or _alive(int(pid)) or not (is_run(sibling) or not _foreign(sibling))):
             continue
         if kind == "old" and not out.exists():
             os.replace(sibling, out)  # killed between the two renames of a swap
@@ -180,10 +183,11 @@ def new_run_dir(out: Path) -> Path:
     return run
 
 
-def swap_into_place(new: Path, out: Path) -> None:
+def swap_into_place(new: Path, out: Path, overwrite: bool) -> None:
     """Replace `out` by `new`: the old run moves aside, then goes (a kill in between: see recover_siblings).
 
-    Refused while another `train` writes the old run, so one of two concurrent runs wins whole."""
+    `out` is checked again, as it may have changed since the start: refused while another `train` writes a run
+    there (so one of two concurrent runs wins whole), or when a run appeared there without `overwrite`."""
     if out.exists() and not is_run(out):
         try:
             out.rmdir()  # the empty directory checked at the start: never one that has filled up since
@@ -193,6 +197,9 @@ def swap_into_place(new: Path, out: Path) -> None:
     if not out.exists():
         os.replace(new, out)
         return
+    if not overwrite:
+        raise UsageError(f"a run appeared in {out} while this one trained; it was left as it is and the new run "
+                         "discarded (pass --overwrite to replace it)")
     held = lock_run(out)
     try:
         if _foreign(out):

@@ -65,9 +65,11 @@ class RunCheckpoint(keras.callbacks.Callback):
     stops training at the batch where it appears, and nothing non-finite is ever saved.
     """
 
-    def __init__(self, run: Path, out: Path, history: list[dict[str, float]], chars_per_epoch: int, lr: float):
+    def __init__(self, run: Path, out: Path, history: list[dict[str, float]], chars_per_epoch: int, lr: float,
+                 overwrite: bool = False):
         super().__init__()
         self.run, self.out, self.history, self.chars, self.lr = run, out, history, chars_per_epoch, lr
+        self.overwrite = overwrite
         self.best = min((row["val_bpc"] for row in history), default=np.inf)
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
@@ -94,10 +96,10 @@ class RunCheckpoint(keras.callbacks.Callback):
             _write_history(self.run / files["history.csv"], [*self.history, row])
             commit(self.run, files)
             if self.run != self.out:
-                swap_into_place(self.run, self.out)
+                swap_into_place(self.run, self.out, self.overwrite)
                 self.run = self.out
         except OSError as e:
-            raise UsageError(f"cannot write epoch {epoch + 1} into {self.run}: {e.strerror}; free some space or "
+            raise UsageError(f"cannot write epoch {epoch + 1} of {self.out}: {e.strerror}; free some space or "
                              "choose another --out") from None
         self.history.append(row)
         self.best = min(self.best, row["val_bpc"])
@@ -139,8 +141,7 @@ def write_reference(run: Path, corpus: Corpus) -> None:
         tmp.write_bytes(lzma.compress(text.encode("utf-8")))
 
 
-def _load_run(out: Path, corpus: Corpus) -> tuple[Vocab, keras.Model]:
-    _, facts = load_run_config(out)
+def _load_run(out: Path, facts: dict, corpus: Corpus) -> tuple[Vocab, keras.Model]:
     if facts.get("data_fingerprint") != fingerprint(corpus.train):
         raise UsageError(f"the training texts differ from those {out} was trained on; resume with the same "
                          "data, or start a new run with --overwrite")
@@ -149,6 +150,18 @@ def _load_run(out: Path, corpus: Corpus) -> tuple[Vocab, keras.Model]:
     except Exception as e:  # missing, truncated or foreign files: Keras and json raise many types
         raise UsageError(f"cannot load the run in {out} ({str(e).splitlines()[0][:160]}); it is incomplete or "
                          "corrupt: start a new run with --overwrite") from None
+
+
+def _start_run(run: Path, config: TrainConfig, vocab: Vocab, corpus: Corpus) -> None:
+    """What a new run holds before its first epoch (its marker is already there)."""
+    try:
+        vocab.save(run / "vocab.json")
+        save_run_config(run / "config.json", config, vocab_size=vocab.size, data_fingerprint=fingerprint(corpus.train),
+                        train_texts=len(corpus.train), val_texts=len(corpus.val))
+        write_reference(run, corpus)
+    except OSError as e:  # a full disk, say: atomic_path has removed what it began
+        raise UsageError(f"cannot write {e.filename or run}: {e.strerror}; free some space or choose another "
+                         "--out") from None
 
 
 def train(config: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
@@ -166,41 +179,30 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, overwrite: bo
         saved, facts = load_run_config(out)
         check_resume(saved, config.to_dict())
     corpus = corpus or load_corpus(config.data, config.field, config.val_fraction, config.val_data)
-    if resume:
-        lock = lock_run(out)
-        clear_strays(out)
-        vocab, model = _load_run(out, corpus)
-        history = read_history(out)
-        if len(history) >= config.epochs:
-            if lock:
-                lock.close()
-            log(f"{out} already completed {len(history)} epochs (--epochs {config.epochs}); pass a larger "
-                "--epochs to go on")
-            return history
-        run = out
-    else:
-        vocab, model, history = Vocab.build(corpus.train), None, []
-        run = new_run_dir(out)
-        lock = lock_run(run)
-    checkpoint = RunCheckpoint(run, out, history, predicted_characters(corpus.train), config.lr)
+    run = out if resume else new_run_dir(out)
+    lock = lock_run(run)
+    history: list[dict[str, float]] = []
+    checkpoint = None
     try:
-        try:
-            if resume and config.epochs != saved.epochs:  # the new total is the truth from now on
+        if resume:
+            clear_strays(out)
+            vocab, model = _load_run(out, facts, corpus)
+            history = read_history(out)
+            if len(history) >= config.epochs:
+                log(f"{out} already completed {len(history)} epochs (--epochs {config.epochs}); pass a larger "
+                    "--epochs to go on")
+                return history
+            if config.epochs != saved.epochs:  # the new total is the truth from now on
                 save_run_config(out / "config.json", config, **{k: v for k, v in facts.items() if k != "config"})
-            if not resume:
-                vocab.save(run / "vocab.json")
-                save_run_config(run / "config.json", config, vocab_size=vocab.size,
-                                data_fingerprint=fingerprint(corpus.train),
-                                train_texts=len(corpus.train), val_texts=len(corpus.val))
-                write_reference(run, corpus)
-        except OSError as e:  # a full disk, say: atomic_path has removed what it began
-            raise UsageError(f"cannot write {e.filename or run}: {e.strerror}; free some space or choose another "
-                             "--out") from None
+        else:
+            vocab, model = Vocab.build(corpus.train), None
+            _start_run(run, config, vocab, corpus)
+        checkpoint = RunCheckpoint(run, out, history, predicted_characters(corpus.train), config.lr, overwrite)
         _fit(config, model, vocab, corpus, checkpoint, log, verbose, done=len(history))
     except KeyboardInterrupt:
-        raise Interrupted(len(history) if checkpoint.run == out else 0) from None
+        raise Interrupted(len(history) if resume or (checkpoint and checkpoint.run == out) else 0) from None
     finally:
-        if checkpoint.run != out:  # never swapped in: the new run goes, `out` is as it was
+        if not resume and not (checkpoint and checkpoint.run == out):  # never swapped in: `out` is as it was
             shutil.rmtree(run, ignore_errors=True)
         if lock:
             lock.close()
