@@ -87,7 +87,7 @@ def train(
     try:
         history = fit(config, out, resume=resume, overwrite=overwrite, log=typer.echo, corpus=corpus)
     except Interrupted as e:
-        typer.echo(f"interrupted: {e.epochs} completed epochs are saved in {out}; continue with "
+        typer.echo(f"interrupted: {e.epochs} completed epoch{'s' * (e.epochs > 1)} saved in {out}; continue with "
                    f"`python cli.py train --out {out} --resume`" if e.epochs else
                    f"interrupted before the first epoch completed: nothing was written, {out} is as it was",
                    err=True)

@@ -306,6 +306,42 @@ def test_the_cli_reports_divergence_in_one_line_with_exit_status_2(titles_csv, t
     assert len(read_history(out)) == 1
 
 
+INTERRUPTED_CLI = """
+import os, runpy, signal, sys
+import toolkit.train
+
+class CtrlC(toolkit.train.EpochSamples):
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.model.optimizer.iterations.numpy() >= int(os.environ["CTRL_C_AT_STEP"]):
+            os.kill(os.getpid(), signal.SIGINT)
+
+toolkit.train.EpochSamples = CtrlC
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("epoch", [1, 2])
+def test_ctrl_c_says_what_was_kept(old_run, titles_csv, tmp_path, epoch):
+    run = copy_run(old_run, tmp_path)
+    before = snapshot(run)
+    steps = iterations(old_run / "last.keras")
+    result = subprocess.run([sys.executable, "-c", INTERRUPTED_CLI, str(ROOT / "cli.py"), "train", "--data",
+                             str(titles_csv), "--out", str(run), "--units", "8", "--embedding-dim", "4", "--seq-len",
+                             "32", "--batch-size", "32", "--epochs", "3", "--seed", "4", "--overwrite"],
+                            capture_output=True, text=True,
+                            cwd=ROOT, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+                                                        "PYTHONPATH": str(ROOT), "CTRL_C_AT_STEP": str(
+                                                            (epoch - 1) * steps + 1)})
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr
+    if epoch == 1:
+        assert "nothing was written" in result.stderr and snapshot(run) == before
+    else:
+        assert "1 completed epoch saved" in result.stderr and "--resume" in result.stderr, result.stderr[-400:]
+        assert len(read_history(run)) == 1 and json.loads((run / "config.json").read_text())["config"]["seed"] == 4
+    assert siblings(run) == []
+
+
 def test_export_refuses_a_model_with_non_finite_logits(tmp_path):
     model = build_model(TrainConfig(units=8, embedding_dim=4, dropout=0), vocab_size=12)
     path = tmp_path / "m.onnx"

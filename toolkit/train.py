@@ -99,8 +99,8 @@ class RunCheckpoint(keras.callbacks.Callback):
                 swap_into_place(self.run, self.out, self.overwrite)
                 self.run = self.out
         except OSError as e:
-            raise UsageError(f"cannot write epoch {epoch + 1} of {self.out}: {e.strerror}; free some space or "
-                             "choose another --out") from None
+            raise UsageError(f"cannot write epoch {epoch + 1} of {self.out}: {e.strerror}; training stopped "
+                             "there") from None
         self.history.append(row)
         self.best = min(self.best, row["val_bpc"])
 
