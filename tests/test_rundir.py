@@ -205,3 +205,16 @@ def test_a_second_train_on_a_run_being_written_is_refused(tmp_path):
     finally:
         held.close()
     check_out(run, resume=True, overwrite=False)
+
+
+def test_the_library_refuses_a_resume_that_contradicts_the_run_as_the_cli_does(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = snapshot(run)
+    result = run_cli("train", "--out", run, "--resume", "--units", "64")
+    assert_usage_error(result, "--units 64", "contradicts")
+    config = TrainConfig.from_dict(json.loads((run / "config.json").read_text())["config"])
+    with pytest.raises(UsageError) as e:
+        train(config.replace(units=64), run, resume=True, verbose=0)
+    assert f"error: {e.value}" == result.stderr.strip().splitlines()[-1]
+    assert snapshot(run) == before

@@ -17,9 +17,9 @@ CELLS = ("lstm", "gru")
 # recurrent weights (3 GiB with Adam's state). Past them sizes overflow TensorFlow's int32 shapes or any memory.
 INT_LIMITS = {"seq_len": (1, 16_384), "layers": (1, 16), "units": (1, 8_192), "embedding_dim": (0, 8_192),
               "epochs": (1, 100_000), "batch_size": (1, 65_536), "seed": (0, 2**32 - 1)}  # seed: numpy's range
-# name: (low, high, low excluded, high excluded, as the error says it). An Adam learning rate above 1 only diverges.
-FLOAT_LIMITS = {"val_fraction": (0.0, 1.0, True, True, "(0, 1), both excluded"),
-                "dropout": (0.0, 1.0, False, True, "[0, 1): 1 would drop everything"),
+# name: (low, high, low excluded, high excluded, as the error says it). A dropout of 1 would drop everything; an
+# Adam learning rate above 1 only diverges.
+FLOAT_LIMITS = {"val_fraction": (0.0, 1.0, True, True, "(0, 1)"), "dropout": (0.0, 1.0, False, True, "[0, 1)"),
                 "lr": (0.0, 1.0, True, False, "(0, 1]")}
 
 

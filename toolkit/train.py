@@ -178,6 +178,7 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, overwrite: bo
     if resume:
         saved, facts = load_run_config(out)
         check_resume(saved, config.to_dict())
+        config = saved.replace(epochs=config.epochs)
     corpus = corpus or load_corpus(config.data, config.field, config.val_fraction, config.val_data)
     run = out if resume else new_run_dir(out)
     lock = lock_run(run)
