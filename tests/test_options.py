@@ -125,12 +125,14 @@ def test_an_unreachable_tfds_source_fails_within_seconds(tmp_path, monkeypatch):
     import socket
     import time
 
+    from tensorflow_datasets.core import constants
+
     from toolkit.data import load_corpus
 
     def offline(*args, **kwargs):
         raise OSError("[Errno -2] Name or service not known")
 
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # nothing prepared there
+    monkeypatch.setattr(constants, "DATA_DIR", str(tmp_path))  # nothing prepared there (TFDS read its env at import)
     monkeypatch.setattr(socket, "create_connection", offline)
     started = time.perf_counter()
     with pytest.raises(UsageError, match="cannot download tfds:ag_news_subset: no network"):
