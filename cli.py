@@ -102,15 +102,18 @@ def train(
 
 @app.command("export-onnx")
 def export_onnx(
-    run: Annotated[Path, typer.Argument(help="Run directory made by `train`.")],
-    out: Annotated[Path | None, typer.Option(help="Output file. [default: RUN/model.onnx]", show_default=False)] = None,
-    checkpoint: Annotated[str, typer.Option(help="best (lowest validation loss) or last.")] = "best",
-    opset: Annotated[int, typer.Option(help="ONNX opset (13-26).")] = 17,
+    run: Annotated[Path, typer.Argument(help="Run directory made by `train`.", metavar="RUN")],
+    out: Annotated[Path | None, _opt("Output file.", "RUN/model.onnx", "FILE")] = None,
+    checkpoint: Annotated[str, _opt("best (lowest validation bits per character) or last.", "best",
+                                    "best|last")] = "best",
+    opset: Annotated[int, _opt("ONNX opset, 13 to 26.", 17, "N")] = 17,
     fp16: Annotated[bool, typer.Option(help="Half-precision weights for GPUs; float32 at the boundary.")] = False,
 ) -> None:
     """Export one step of the model to ONNX, verified against Keras; writes MODEL.onnx and MODEL.verify.json."""
-    from exporters.onnx import export
+    from exporters.onnx import check_arguments, export
 
+    check_arguments(run, checkpoint, opset)  # before TensorFlow loads, so bad input fails fast
+    _import_tensorflow()
     result = export(run, out, checkpoint=checkpoint, opset=opset, fp16=fp16)
     typer.echo(f"wrote {result.path}: max |logit difference| vs Keras {result.max_abs_diff:.2e} "
                f"(tolerance {result.tolerance:g})")
@@ -118,33 +121,36 @@ def export_onnx(
 
 @app.command("sample-batch")
 def sample_batch(
-    model: Annotated[Path, typer.Option(help="Exported .onnx file.")] = Path("runs/default/model.onnx"),
-    n: Annotated[int, typer.Option(help="Samples per temperature.")] = 1000,
-    temps: Annotated[str, typer.Option(help="Temperatures: a comma-separated list, or start:stop:step for a sweep "
-                                             "(0 is greedy).")] = "0.3,1.0,1.8",
-    out: Annotated[Path, typer.Option(help="Directory for the samples, run.json and the reports.")] = Path(
-        "reports/default"),
-    prompt: Annotated[list[str] | None, typer.Option(help="Start every sample with this text (repeatable: "
-                                                          "samples cycle through the prompts).")] = None,
-    max_len: Annotated[int, typer.Option(help="Longest sample, in characters, prompt included.")] = 128,
-    batch_size: Annotated[int | None, typer.Option(help="Rows per chunk; bounds memory for any --n. "
-                                                        "[default: 1024 on CPU, 65536 on CUDA]")] = None,
-    top_k: Annotated[int, typer.Option(help="Sample from the k likeliest characters only; 0 is off.")] = 0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling: the smallest set with this much probability; "
-                                              "1 is off.")] = 1.0,
-    min_p: Annotated[float, typer.Option(help="Drop characters less likely than this times the likeliest; "
-                                              "0 is off.")] = 0.0,
-    presence_penalty: Annotated[float, typer.Option(help="Subtract this from the logit of every character the "
-                                                         "sample already drew (-2 to 2).")] = 0.0,
-    frequency_penalty: Annotated[float, typer.Option(help="Subtract this times the number of times the sample "
-                                                          "drew a character (-2 to 2).")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Same seed, same samples, whatever --batch-size.")] = 0,
-    device: Annotated[str, typer.Option(help="auto (CUDA when it really works), cuda or cpu.")] = "auto",
-    tf32: Annotated[bool, typer.Option(help="Allow TF32 matrix products on CUDA: faster, logits within ~1e-2 "
-                                            "of CPU instead of ~1e-5.")] = False,
-    fmt: Annotated[str, typer.Option("--format", help="csv or parquet (for millions of rows).")] = "csv",
+    model: Annotated[Path, _opt("Exported .onnx file.", "runs/default/model.onnx", "FILE")] = Path(
+        "runs/default/model.onnx"),
+    n: Annotated[int, _opt("Samples per temperature.", 1000, "N")] = 1000,
+    temps: Annotated[str, _opt("Temperatures: a comma-separated list, or start:stop:step for a sweep (0 is greedy).",
+                               "0.3,1.0,1.8", "LIST")] = "0.3,1.0,1.8",
+    out: Annotated[Path, _opt("Directory for the samples, run.json and the reports.", "reports/default",
+                              "DIR")] = Path("reports/default"),
+    prompt: Annotated[list[str] | None, _opt("Start every sample with this text (repeatable: samples cycle through "
+                                             "the prompts).", metavar="TEXT")] = None,
+    max_len: Annotated[int, _opt("Longest sample, in characters, prompt included.", 128, "N")] = 128,
+    batch_size: Annotated[int | None, _opt("Rows per chunk; bounds memory for any --n.",
+                                           "1024 on CPU, 65536 on CUDA", "N")] = None,
+    top_k: Annotated[int, _opt("Sample from the k likeliest characters only; 0 is off.", 0, "K")] = 0,
+    top_p: Annotated[float, _opt("Nucleus sampling: the smallest set with this much probability; 1 is off.", 1.0,
+                                 "P")] = 1.0,
+    min_p: Annotated[float, _opt("Drop characters less likely than this times the likeliest; 0 is off.", 0.0,
+                                 "P")] = 0.0,
+    presence_penalty: Annotated[float, _opt("Subtract this from the logit of every character the sample already "
+                                            "drew, -2 to 2.", 0.0, "X")] = 0.0,
+    frequency_penalty: Annotated[float, _opt("Subtract this times the number of times the sample drew a character, "
+                                             "-2 to 2.", 0.0, "X")] = 0.0,
+    seed: Annotated[int, _opt("Same seed, same samples, whatever --batch-size.", 0, "N")] = 0,
+    device: Annotated[str, _opt("auto uses CUDA when it really works.", "auto", "auto|cuda|cpu")] = "auto",
+    tf32: Annotated[bool, typer.Option(help="Allow TF32 matrix products on CUDA: faster, logits within ~1e-2 of CPU "
+                                            "instead of ~1e-5.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help=f"Parquet for millions of rows. {escape('[default: csv]')}",
+                                     show_default=False, metavar="csv|parquet")] = "csv",
     report: Annotated[bool, typer.Option(help="Also write metrics.csv and report.html.")] = True,
-    train_data: Annotated[str | None, typer.Option(help="Training titles for novelty, instead of the run's.")] = None,
+    train_data: Annotated[str | None, _opt("Training titles for novelty, instead of the run's reference.json.xz.",
+                                           metavar="SOURCE")] = None,
 ) -> None:
     """Sample N texts at each temperature, all in one batch, on onnxruntime; writes samples, run.json and reports."""
     from toolkit.sampling.config import parse_temperatures, sampling_config
@@ -167,12 +173,12 @@ def _sample(model: Path, out: Path, config, **options) -> None:
 
 @app.command()
 def report(
-    sample_dirs: Annotated[list[Path], typer.Argument(help="Directories written by sample-batch.")],
-    out: Annotated[Path | None, typer.Option(help="Where a comparison of several directories goes.")] = None,
-    train_data: Annotated[str | None, typer.Option(help="Training titles for novelty, instead of the run's "
-                                                        "reference.json.xz.")] = None,
-    size: Annotated[int | None, typer.Option(help="Texts per subsample: every group is scored at this size. "
-                                                  "[default: the smallest group]", show_default=False)] = None,
+    sample_dirs: Annotated[list[Path], typer.Argument(help="Directories written by sample-batch.", metavar="DIR...")],
+    out: Annotated[Path | None, _opt("Where a comparison of several directories goes.", metavar="DIR")] = None,
+    train_data: Annotated[str | None, _opt("Training titles for novelty, instead of the run's reference.json.xz.",
+                                           metavar="SOURCE")] = None,
+    size: Annotated[int | None, _opt("Texts per subsample: every group is scored at this size.", "the smallest group",
+                                     "N")] = None,
 ) -> None:
     """Score samples into metrics.csv and report.html; several directories give a side-by-side comparison."""
     if len(sample_dirs) > 1 and out is None:
@@ -190,18 +196,19 @@ def _report(sample_dirs: list[Path], out: Path | None, train_data: str | None, s
 
 @app.command()
 def pipeline(
-    data: Annotated[str | None, _opt("Training data, as for `train --data`.", D.data)] = None,
-    name: Annotated[str, typer.Option(help="Run name: writes runs/NAME and reports/NAME.")] = "default",
-    field: Annotated[str | None, _opt("title, description or both (validation is on titles).", D.field)] = None,
-    epochs: Annotated[int | None, _opt("Training epochs.", D.epochs)] = None,
-    cell: Annotated[str | None, _opt("lstm or gru.", D.cell)] = None,
-    layers: Annotated[int | None, _opt("Stacked recurrent layers.", D.layers)] = None,
-    units: Annotated[int | None, _opt("Units per recurrent layer.", D.units)] = None,
-    embedding_dim: Annotated[int | None, _opt("Embedding size; 0 for one-hot.", D.embedding_dim)] = None,
-    n: Annotated[int, typer.Option(help="Samples per temperature.")] = 1000,
-    temps: Annotated[str, typer.Option(help="Temperatures, as for `sample-batch --temps`.")] = "0.3,1.0,1.8",
-    seed: Annotated[int, typer.Option(help="Seed of training and sampling.")] = 0,
-    device: Annotated[str, typer.Option(help="Sampling device: auto, cuda or cpu.")] = "auto",
+    data: Annotated[str | None, _opt("Training data, as for `train --data`.", D.data, "SOURCE")] = None,
+    name: Annotated[str, _opt("Run name: writes runs/NAME and reports/NAME.", "default", "NAME")] = "default",
+    field: Annotated[str | None, _opt("What to train on (validation is on titles).", D.field,
+                                      "title|description|both")] = None,
+    epochs: Annotated[int | None, _opt("Training epochs.", D.epochs, "N")] = None,
+    cell: Annotated[str | None, _opt("Recurrent cell.", D.cell, "lstm|gru")] = None,
+    layers: Annotated[int | None, _opt("Stacked recurrent layers.", D.layers, "N")] = None,
+    units: Annotated[int | None, _opt("Units per recurrent layer.", D.units, "N")] = None,
+    embedding_dim: Annotated[int | None, _opt("Embedding size; 0 for one-hot.", D.embedding_dim, "N")] = None,
+    n: Annotated[int, _opt("Samples per temperature.", 1000, "N")] = 1000,
+    temps: Annotated[str, _opt("Temperatures, as for `sample-batch --temps`.", "0.3,1.0,1.8", "LIST")] = "0.3,1.0,1.8",
+    seed: Annotated[int, _opt("Seed of training and sampling.", 0, "N")] = 0,
+    device: Annotated[str, _opt("Sampling device.", "auto", "auto|cuda|cpu")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace runs/NAME if it exists.")] = False,
 ) -> None:
     """The main job in one go: train -> export-onnx -> sample-batch -> report."""

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from toolkit.config import load_run_config
+from toolkit.config import TrainConfig, load_run_config
 from toolkit.files import UsageError, atomic_path, write_text
 from toolkit.sampling import contract
 from toolkit.sampling.graph import Graph
@@ -189,20 +189,28 @@ class Export:
     fp16: bool
 
 
-def export(run_dir: Path, out: Path | None = None, checkpoint: str = "best", opset: int = DEFAULT_OPSET,
-           fp16: bool = False) -> Export:
-    """Export a run's checkpoint; the file appears only once onnxruntime reproduces Keras within tolerance."""
+def check_arguments(run_dir: Path, checkpoint: str, opset: int) -> tuple[TrainConfig, dict, Path]:
+    """Refuse what cannot be exported before any TensorFlow loads; returns the run's config, facts and checkpoint."""
     run_dir = Path(run_dir)
     if checkpoint not in ("best", "last"):
         raise UsageError(f"--checkpoint must be best or last, not {checkpoint!r}")
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UsageError(f"--opset must lie in {MIN_OPSET}..{MAX_OPSET}, not {opset}")
     if not run_dir.is_dir():
-        raise UsageError(f"run directory {run_dir} does not exist; pass a directory made by `cli.py train`")
+        raise UsageError(f"run directory {run_dir} {'is not a directory' if run_dir.exists() else 'does not exist'}; "
+                         "pass a directory made by `cli.py train`")
     config, facts = load_run_config(run_dir)
     ckpt = run_dir / f"{checkpoint}.keras"
     if not ckpt.is_file():
         raise UsageError(f"{run_dir} has no {ckpt.name} (training has not completed an epoch); train first")
+    return config, facts, ckpt
+
+
+def export(run_dir: Path, out: Path | None = None, checkpoint: str = "best", opset: int = DEFAULT_OPSET,
+           fp16: bool = False) -> Export:
+    """Export a run's checkpoint; the file appears only once onnxruntime reproduces Keras within tolerance."""
+    run_dir = Path(run_dir)
+    config, facts, ckpt = check_arguments(run_dir, checkpoint, opset)
     import keras
 
     import toolkit.model  # noqa: F401  registers the custom metric the checkpoint refers to
