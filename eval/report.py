@@ -26,7 +26,7 @@ from eval.metrics import BOOTSTRAP, CONFIDENCE, CURVE, METRICS, metrics_table
 from eval.novelty import NEAR_COPY_CAP, NEAR_COPY_THRESHOLD, TrainingTitles
 from toolkit.config import TrainConfig
 from toolkit.data import load_corpus
-from toolkit.files import UsageError, atomic_path, write_text
+from toolkit.files import UsageError, atomic_path, exclusive, write_text
 
 SAMPLE_FILES = ("samples.csv", "samples.parquet")
 REFERENCE_FILE = "reference.json.xz"
@@ -193,14 +193,21 @@ def score(sample_dir: Path, train_data: str | None = None, name: str | None = No
 
 
 def write_report(sample_dir: Path, train_data: str | None = None, size: int | None = None) -> tuple[Path, Path]:
-    """Score one sample directory; writes metrics.csv and report.html into it and returns their paths."""
-    run = score(sample_dir, train_data, size=size)
-    tables = {run.name: run.table}
-    body = [_summary_html([run]), _figure(plots.frontier(tables), FRONTIER_CAPTION), _tables_html(run.table),
-            _figure(plots.trends(tables), TRENDS_CAPTION),
-            _figure(plots.lengths(run.samples, run.val), LENGTHS_CAPTION),
-            _figure(plots.novelty_curve(tables), CURVE_CAPTION), _samples_html(run), _facts_html([run])]
-    return _write(Path(sample_dir), run.table, _page(f"Samples: {run.name}", body))
+    """Score one sample directory; writes metrics.csv and report.html into it and returns their paths.
+
+    The directory is locked meanwhile, so a sample-batch writing it cannot leave a report of other samples."""
+    sample_dir = Path(sample_dir)
+    if not sample_dir.is_dir():
+        raise UsageError(f"{sample_dir} is not a directory of samples; run `cli.py sample-batch --out {sample_dir}` "
+                         "first")
+    with exclusive(sample_dir):
+        run = score(sample_dir, train_data, size=size)
+        tables = {run.name: run.table}
+        body = [_summary_html([run]), _figure(plots.frontier(tables), FRONTIER_CAPTION), _tables_html(run.table),
+                _figure(plots.trends(tables), TRENDS_CAPTION),
+                _figure(plots.lengths(run.samples, run.val), LENGTHS_CAPTION),
+                _figure(plots.novelty_curve(tables), CURVE_CAPTION), _samples_html(run), _facts_html([run])]
+        return _write(sample_dir, run.table, _page(f"Samples: {run.name}", body))
 
 
 def write_comparison(sample_dirs: Sequence[Path], out: Path, train_data: str | None = None,
@@ -224,7 +231,8 @@ def write_comparison(sample_dirs: Sequence[Path], out: Path, train_data: str | N
     body = [_summary_html(runs), _figure(plots.frontier(tables), FRONTIER_CAPTION), _tables_html(table),
             _figure(plots.trends(tables), TRENDS_CAPTION), _figure(plots.novelty_curve(tables), CURVE_CAPTION),
             _facts_html(runs)]
-    return _write(Path(out), table, _page(f"Comparison: {', '.join(names)}", body))
+    with exclusive(out):
+        return _write(Path(out), table, _page(f"Comparison: {', '.join(names)}", body))
 
 
 def _write(out: Path, table: pd.DataFrame, page: str) -> tuple[Path, Path]:

@@ -220,3 +220,15 @@ def test_report_does_not_import_tensorflow(tmp_path):
     assert result.returncode == 0, result.stderr
     imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
     assert "rapidfuzz" in imported and "tensorflow" not in imported and "keras" not in imported
+
+
+def test_a_report_waits_for_no_one_and_mixes_with_no_one(tmp_path):
+    """While another command writes a sample directory, its report is refused, not written beside half of it."""
+    from toolkit.files import exclusive
+
+    (tmp_path / "s").mkdir()
+    with exclusive(tmp_path / "s"), pytest.raises(UsageError, match="another command is writing"):
+        write_report(tmp_path / "s")
+    with pytest.raises(UsageError, match="not a directory of samples"):
+        write_report(tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()

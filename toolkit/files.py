@@ -8,6 +8,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -38,37 +43,41 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def lock(path: str | os.PathLike, busy: str) -> int | None:
+    """Lock `path` (a file or a directory) until the returned descriptor goes to `unlock`; while it is held,
+    another process's lock of it fails with UsageError(busy). A process that dies releases it. None on Windows,
+    which has no advisory locks (concurrent writers are not detected there)."""
+    if fcntl is None:
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(busy) from None
+    return fd
+
+
+def unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def exclusive(directory: str | os.PathLike) -> Iterator[None]:
-    """Hold a lock on `directory` (created if need be) while the block runs; a second command writing the same
-    directory meanwhile is refused, so a directory never ends up holding files of two runs."""
+    """Hold `directory` (created if need be) locked while the block runs; a second command writing it meanwhile
+    is refused, so a directory never ends up holding files of two runs."""
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / ".charlm.lock", os.O_CREAT | os.O_RDWR, 0o666)
+        fd = lock(directory, f"another command is writing {directory}; wait for it to finish or choose another "
+                             "output directory")
     except OSError as e:
         raise UsageError(f"cannot write {directory}: {e.strerror}; choose a writable location") from None
     try:
-        try:
-            _lock(fd)
-        except OSError:
-            raise UsageError(f"another command is writing {directory}; wait for it to finish or choose another "
-                             "output directory") from None
         yield
     finally:
-        os.close(fd)  # closing releases the lock, also when the process dies
-
-
-def _lock(fd: int) -> None:
-    """A non-blocking exclusive lock on an open file: flock on POSIX, msvcrt.locking on Windows."""
-    try:
-        import fcntl
-    except ImportError:
-        import msvcrt
-
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-    else:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        unlock(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

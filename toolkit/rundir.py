@@ -12,14 +12,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; concurrent writers to one run are not detected there
-    fcntl = None
-
-from toolkit.files import _UMASK, UsageError, write_text
+from toolkit.files import _UMASK, UsageError, lock, unlock, write_text
 
 MARKER = "charlm-run.json"  # written first into every run: what may be replaced or resumed
 FORMAT = 1
@@ -116,9 +110,7 @@ def check_out(out: Path, *, resume: bool, overwrite: bool) -> Path:
 
 
 def _not_in_use(run: Path) -> None:
-    handle = lock_run(run)
-    if handle:
-        handle.close()
+    unlock(lock_run(run))
 
 
 def _alive(pid: int) -> bool:
@@ -157,18 +149,9 @@ def clear_strays(run: Path) -> None:
             path.unlink()
 
 
-def lock_run(run: Path) -> IO | None:
-    """Hold the run's marker locked while writing it; a second `train` on the same run is refused."""
-    if fcntl is None:
-        return None
-    handle = open(run / MARKER, "rb")  # noqa: SIM115  held until training ends
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise UsageError(f"another `train` is writing {run}; wait for it to finish or choose another --out") \
-            from None
-    return handle
+def lock_run(run: Path) -> int | None:
+    """Hold the run's marker locked while writing it (release with `unlock`); a second `train` is refused."""
+    return lock(run / MARKER, f"another `train` is writing {run}; wait for it to finish or choose another --out")
 
 
 def new_run_dir(out: Path) -> Path:
@@ -210,8 +193,7 @@ def swap_into_place(new: Path, out: Path, overwrite: bool) -> None:
         os.replace(new, out)
         shutil.rmtree(old)
     finally:
-        if held:
-            held.close()
+        unlock(held)
 
 
 def commit(run: Path, files: dict[str, str]) -> None:

@@ -20,7 +20,7 @@ import tensorflow as tf
 from toolkit.config import TrainConfig, check_resume, load_run_config, save_run_config
 from toolkit.data import Corpus, load_corpus
 from toolkit.dataset import make_dataset
-from toolkit.files import UsageError, atomic_path
+from toolkit.files import UsageError, atomic_path, unlock
 from toolkit.model import KerasStep, build_model, lr_schedule
 from toolkit.rundir import PENDING, check_out, clear_strays, commit, lock_run, new_run_dir, swap_into_place
 from toolkit.sampling.config import SampleConfig
@@ -207,8 +207,7 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, overwrite: bo
     finally:
         if not resume and not (checkpoint and checkpoint.run == out):  # never swapped in: `out` is as it was
             shutil.rmtree(run, ignore_errors=True)
-        if lock:
-            lock.close()
+        unlock(lock)
     return history
 
 
