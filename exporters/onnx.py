@@ -111,8 +111,11 @@ def build_step_graph(w: Weights, metadata: dict[str, str], opset: int = DEFAULT_
     news: dict[str, list[str]] = {k: [] for k in kinds}
     for i, layer in enumerate(w.layers):
         last = n == 1  # then the layer's results are the graph's outputs
-        index = g.const(f"layer_{i}", np.int64(i), np.int64)
-        prev = {k: state[k] if n == 1 else g.op("Gather", state[k], index, axis=0, name=f"{k}_{i}") for k in kinds}
+        if n == 1:
+            prev = state
+        else:
+            index = g.const(f"layer_{i}", np.int64(i), np.int64)
+            prev = {k: g.op("Gather", state[k], index, axis=0, name=f"{k}_{i}") for k in kinds}
         if i:
             kernels, biases = by_gate(f"kernel_{i}", layer.kernel), by_gate(f"bias_{i}", layer.bias)
             x = {gate: g.op("Gemm", news["h"][-1], kernels[gate], biases[gate]) for gate in gates}

@@ -57,6 +57,8 @@ def test_a_one_layer_step_writes_its_state_outputs_directly(cell):
     producers = {o: n.op_type for n in graph.node for o in n.output}
     assert all(producers[o.name] in ("Add", "Mul") for o in graph.output[1:])  # no copy through (Un)squeeze
     assert not any(n.op_type == "Gather" and n.input[0] in ("h", "c") for n in graph.node)
+    used = {name for n in graph.node for name in n.input}
+    assert all(t.name in used for t in graph.initializer)  # nothing onnxruntime would warn about and drop
 
 
 def test_metadata_describes_the_model_and_its_run(tiny_run, tiny_onnx):
