@@ -135,6 +135,8 @@ class Engine:
         """
         try:
             return self._generate(np.asarray(rows, np.int64))
+        except UsageError:  # the model's fault (non-finite logits), not the graphs'
+            raise
         except Exception as e:  # onnxruntime's errors are untyped; without graphs any error raises again below
             if not self.cuda_graph:
                 raise
