@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 from toolkit.config import TrainConfig, load_run_config
 from toolkit.files import UsageError, atomic_path, write_text
 from toolkit.sampling import contract
-from toolkit.sampling.graph import Graph
+from toolkit.sampling.graph import Graph, make_model
 from toolkit.vocab import BOS, SPECIALS, Vocab
 
 REFERENCE_FILE = "reference.json.xz"  # written by `train`: the titles a report compares samples with
@@ -154,9 +154,8 @@ def build_step_graph(w: Weights, metadata: dict[str, str], opset: int = DEFAULT_
         [helper.make_tensor_value_info(contract.LOGITS, TensorProto.FLOAT, ["batch", vocab_size]),
          *(helper.make_tensor_value_info(contract.out(k), TensorProto.FLOAT, state_shape) for k in kinds)],
         g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="charlm",
-                              doc_string="One step of a character-level title generator. Feed <bos> first.")
-    model.ir_version = helper.find_min_ir_version_for(model.opset_import)  # what older runtimes read
+    model = make_model(graph, opset, producer_name="charlm",
+                       doc_string="One step of a character-level title generator. Feed <bos> first.")
     helper.set_model_props(model, metadata)
     onnx.checker.check_model(model, full_check=True)
     return model
