@@ -15,6 +15,7 @@ import onnx
 import pytest
 from helpers import ROOT, assert_usage_error, run_cli
 
+import toolkit.files
 import toolkit.rundir
 import toolkit.train
 from exporters.onnx import build_step_graph, export, max_logit_difference, read_weights
@@ -259,7 +260,7 @@ def test_a_run_that_appears_while_training_is_never_replaced_unasked(old_run, ti
             train(tiny(titles_csv, seed=9), out, overwrite=overwrite, verbose=0, log=lambda _: None)
     finally:
         for handle in handles:
-            handle.close()
+            toolkit.files.unlock(handle)
     assert snapshot(out) == snapshot(old_run) and siblings(out) == []
 
 
@@ -296,6 +297,7 @@ def test_non_finite_weights_after_the_last_batch_are_never_saved(titles_csv, tmp
 SABOTAGED_CLI = """
 import runpy, sys
 import numpy as np
+import toolkit.files
 import toolkit.rundir
 import toolkit.train
 
