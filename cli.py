@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape  # typer's own dependency
 
 from toolkit.config import TrainConfig
 from toolkit.files import UsageError
@@ -33,50 +34,65 @@ def _root() -> None:
     """Keep subcommands subcommands, even while the app has one."""
 
 
-def _opt(help_text: str, default: object = None) -> typer.Option:
-    return typer.Option(help=f"{help_text} [default: {default}]" if default is not None else help_text,
-                        show_default=False)
+def _opt(help_text: str, default: object = None, metavar: str | None = None) -> typer.Option:
+    """An option whose parameter default is None (so a resumed run can tell a flag from a default) but whose
+    --help shows the real default, escaped: typer reads help as rich markup, where `[default: x]` is a tag."""
+    return typer.Option(help=f"{help_text} {escape(f'[default: {default}]')}" if default is not None else help_text,
+                        show_default=False, metavar=metavar)
 
 
 @app.command()
 def train(
-    out: Annotated[Path, typer.Option(help="Run directory: checkpoints, history, config, vocabulary.")] = Path(
-        "runs/default"),
+    out: Annotated[Path, typer.Option(help="Run directory: checkpoints, history, config, vocabulary.",
+                                      metavar="DIR")] = Path("runs/default"),
     data: Annotated[str | None, _opt("ag_news:test (bundled), tfds:NAME, an AG News .csv, or a .txt with one title "
-                                     "per line (.gz/.xz too).", D.data)] = None,
-    val_data: Annotated[str | None, _opt("Explicit validation file (instead of the hash split).")] = None,
-    field: Annotated[str | None, _opt("title, description or both.", D.field)] = None,
-    val_fraction: Annotated[float | None, _opt("Share of a single file held out for validation.",
-                                               D.val_fraction)] = None,
+                                     "per line (.gz/.xz too).", D.data, "SOURCE")] = None,
+    val_data: Annotated[str | None, _opt("Explicit validation file (instead of the hash split).",
+                                         metavar="FILE")] = None,
+    field: Annotated[str | None, _opt("What to train on; validation is on held-out titles (descriptions for "
+                                      "description).", D.field, "title|description|both")] = None,
+    val_fraction: Annotated[float | None, _opt("Share of a single file held out for validation, in (0, 1).",
+                                               D.val_fraction, "FRACTION")] = None,
     seq_len: Annotated[int | None, _opt("Longer texts are cut into chunks of this many characters.",
-                                        D.seq_len)] = None,
-    cell: Annotated[str | None, _opt("lstm or gru.", D.cell)] = None,
-    layers: Annotated[int | None, _opt("Stacked recurrent layers.", D.layers)] = None,
-    units: Annotated[int | None, _opt("Units per recurrent layer.", D.units)] = None,
+                                        D.seq_len, "N")] = None,
+    cell: Annotated[str | None, _opt("Recurrent cell.", D.cell, "lstm|gru")] = None,
+    layers: Annotated[int | None, _opt("Stacked recurrent layers.", D.layers, "N")] = None,
+    units: Annotated[int | None, _opt("Units per recurrent layer.", D.units, "N")] = None,
     embedding_dim: Annotated[int | None, _opt("Embedding size; 0 for the notebook's one-hot input.",
-                                              D.embedding_dim)] = None,
-    dropout: Annotated[float | None, _opt("Dropout after each recurrent layer.", D.dropout)] = None,
-    epochs: Annotated[int | None, _opt("Epochs in all (a resumed run may raise it).", D.epochs)] = None,
-    batch_size: Annotated[int | None, _opt("Sequences per batch.", D.batch_size)] = None,
-    lr: Annotated[float | None, _opt("Adam learning rate.", D.lr)] = None,
-    seed: Annotated[int | None, _opt("Random seed.", D.seed)] = None,
+                                              D.embedding_dim, "N")] = None,
+    dropout: Annotated[float | None, _opt("Dropout after each recurrent layer, in [0, 1).", D.dropout,
+                                          "RATE")] = None,
+    epochs: Annotated[int | None, _opt("Epochs in all (a resumed run may raise it).", D.epochs, "N")] = None,
+    batch_size: Annotated[int | None, _opt("Sequences per batch.", D.batch_size, "N")] = None,
+    lr: Annotated[float | None, _opt("Peak Adam learning rate, in (0, 1]; a cosine takes it to a tenth.", D.lr,
+                                     "RATE")] = None,
+    seed: Annotated[int | None, _opt("Random seed, 0 to 2**32 - 1.", D.seed, "N")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last completed epoch.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace the run in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the run in --out once the new run has completed an "
+                                                 "epoch (only a charlm run, and only one that holds nothing "
+                                                 "else).")] = False,
 ) -> None:
-    """Train a character model; writes last.keras, best.keras, history.csv, config.json, vocab.json."""
+    """Train a character model; writes last.keras, best.keras, history.csv, config.json, vocab.json,
+    reference.json.xz."""
     flags = {k: v for k, v in locals().items() if k not in ("out", "resume", "overwrite")}
     from toolkit.config import resolve_config
-    from toolkit.data import load_corpus
+    from toolkit.data import TFDS_SCHEME, load_corpus
 
     config = resolve_config(out, flags, resume=resume, overwrite=overwrite)  # before TensorFlow loads, so
-    corpus = load_corpus(config.data, config.field, config.val_fraction, config.val_data)  # bad input fails fast
+    if config.data.startswith(TFDS_SCHEME):  # bad input fails fast; TFDS loads TensorFlow: quietly, first
+        _import_tensorflow()
+    corpus = load_corpus(config.data, config.field, config.val_fraction, config.val_data)
+    _import_tensorflow()
+    from toolkit.train import Interrupted
     from toolkit.train import train as fit
 
     try:
-        history = fit(config, out, resume=resume, log=typer.echo, corpus=corpus)
-    except KeyboardInterrupt:
-        typer.echo(f"interrupted: completed epochs are saved in {out}; continue with "
-                   f"`python cli.py train --out {out} --resume`", err=True)
+        history = fit(config, out, resume=resume, overwrite=overwrite, log=typer.echo, corpus=corpus)
+    except Interrupted as e:
+        typer.echo(f"interrupted: {e.epochs} completed epochs are saved in {out}; continue with "
+                   f"`python cli.py train --out {out} --resume`" if e.epochs else
+                   f"interrupted before the first epoch completed: nothing was written, {out} is as it was",
+                   err=True)
         raise typer.Exit(130) from None
     if history:
         best = min(history, key=lambda row: row["val_bpc"])
@@ -205,6 +221,20 @@ def pipeline(
     _sample(run_dir / "model.onnx", report_dir, config, device=device)
     typer.echo(f"[4/4] report -> {report_dir / 'report.html'}")
     _report([report_dir], None, None)
+
+
+def _import_tensorflow() -> None:
+    """Import TensorFlow with file descriptor 2 silenced: its C++ start-up lines reach it during the import,
+    before any setting (TF_CPP_MIN_LOG_LEVEL included) applies. An import error is raised after it is restored."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _progress_bar(total: int):

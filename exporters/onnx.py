@@ -9,6 +9,7 @@ for LSTM).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,12 +167,16 @@ def max_logit_difference(model, onnx_path: Path, vocab_size: int, seed: int = 0)
     tokens = rng.integers(len(SPECIALS), vocab_size, size=(CHECK_BATCH, CHECK_STEPS))
     tokens[:, 0] = BOS
     expected = np.asarray(model(tokens.astype(np.int32), training=False))
+    if not np.isfinite(expected).all():  # else NaN compares as no difference and a diverged model would pass
+        raise UsageError("the checkpoint gives non-finite logits (NaN or inf): its training diverged; retrain "
+                         "with a lower --lr")
     step = OnnxStep(onnx_path, device="cpu")
     state = step.initial_state(CHECK_BATCH)
     diff = 0.0
     for t in range(CHECK_STEPS):
         logits, state = step(tokens[:, t], state)
-        diff = max(diff, float(np.abs(logits - expected[:, t]).max()))
+        gap = float(np.abs(logits - expected[:, t]).max())
+        diff = max(diff, gap if math.isfinite(gap) else math.inf)
     return diff
 
 

@@ -1,5 +1,6 @@
 """The commands as a user runs them: good runs, and bad input that ends in one line and exit status 2."""
 
+import os
 import subprocess
 import sys
 
@@ -15,10 +16,22 @@ def test_help_lists_every_command():
         assert command in result.stdout
 
 
+def test_train_help_shows_every_default():
+    from toolkit.config import TrainConfig
+
+    result = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", "--help"], capture_output=True,
+                            text=True, env={**os.environ, "COLUMNS": "250"}, timeout=60)
+    assert result.returncode == 0
+    for name, value in TrainConfig().to_dict().items():
+        if value is not None:
+            assert f"[default: {value}]" in result.stdout, name
+    assert "<str>" not in result.stdout and "<int>" not in result.stdout and "<float>" not in result.stdout
+
+
 @pytest.mark.parametrize("args, words", [
     (["--data", "missing.csv"], ["missing.csv", "does not exist"]),
     (["--data", "ftp://x"], ["unknown data source"]),
-    (["--units", "0"], ["--units", "positive"]),
+    (["--units", "0"], ["--units", "from 1 to"]),
     (["--epochs", "-1"], ["--epochs"]),
     (["--lr", "0"], ["--lr"]),
     (["--val-fraction", "1.5"], ["--val-fraction"]),

@@ -1,4 +1,7 @@
+import csv
 import json
+import lzma
+import math
 import os
 import shutil
 import signal
@@ -8,14 +11,23 @@ import time
 
 import keras
 import numpy as np
+import onnx
 import pytest
-from helpers import ROOT
+from helpers import ROOT, assert_usage_error, run_cli
 
+import toolkit.rundir
+import toolkit.train
+from exporters.onnx import build_step_graph, export, max_logit_difference, read_weights
 from toolkit.config import TrainConfig
-from toolkit.data import in_validation
+from toolkit.data import in_validation, load_corpus
 from toolkit.files import UsageError
-from toolkit.model import build_model, rnn_layers
-from toolkit.train import read_history, train
+from toolkit.model import KerasStep, build_model, rnn_layers
+from toolkit.rundir import MARKER
+from toolkit.sampling.batch import sample_batch
+from toolkit.sampling.config import SampleConfig
+from toolkit.sampling.reference import generate
+from toolkit.sampling.runtime import OnnxStep
+from toolkit.train import Interrupted, read_history, train
 from toolkit.vocab import Vocab
 
 
@@ -84,7 +96,358 @@ def test_a_killed_run_resumes_losing_only_the_epoch_in_flight(small_csv, tmp_pat
     assert 2 <= len(done) < 200
     result = subprocess.run([*cmd[:-1], str(len(done) + 1), "--resume"], capture_output=True, text=True,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0 and result.stderr == "", result.stderr  # no TensorFlow start-up chatter either
     history = read_history(out)
     assert [row["epoch"] for row in history] == list(range(1, len(done) + 2))
     assert history[:len(done)] == done
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------
+
+def tiny(data, **changes) -> TrainConfig:
+    """A model small enough that an epoch on ~200 titles takes a second."""
+    return TrainConfig(**{"data": str(data), "units": 8, "embedding_dim": 4, "seq_len": 32, "batch_size": 32,
+                          "epochs": 1, **changes})
+
+
+def snapshot(run) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir())}
+
+
+def siblings(out) -> list[str]:
+    """What a run left beside its directory (a half-built new run, an old run moved aside)."""
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+def sabotage(monkeypatch, epoch: int, when: str, act) -> None:
+    """Make `act(model)` happen in training: at the first batch of `epoch` ("begin"), or after its last ("end")."""
+
+    class Sabotaged(toolkit.train.EpochSamples):
+        def on_epoch_begin(self, e, logs=None):
+            self.epoch = e + 1
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if when == "begin" and self.epoch == epoch and batch == 0:
+                act(self.model)
+
+        def on_train_batch_end(self, batch, logs=None):
+            if when == "end" and self.epoch == epoch and batch == self.params["steps"] - 1:
+                act(self.model)
+
+    monkeypatch.setattr(toolkit.train, "EpochSamples", Sabotaged)
+
+
+def poison(model) -> None:
+    model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+
+
+def interrupt(_model) -> None:
+    raise KeyboardInterrupt
+
+
+def iterations(path) -> int:
+    return int(keras.saving.load_model(path).optimizer.iterations.numpy())
+
+
+@pytest.fixture(scope="module")
+def titles_csv(small_csv, tmp_path_factory):
+    """The first 200 rows of AG News."""
+    path = tmp_path_factory.mktemp("titles") / "t200.csv"
+    path.write_text("".join(small_csv.read_text(encoding="utf-8").splitlines(keepends=True)[:200]), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def old_run(titles_csv, tmp_path_factory):
+    """A finished one-epoch run, to be copied and then replaced, resumed or refused."""
+    out = tmp_path_factory.mktemp("old") / "run"
+    train(tiny(titles_csv), out, verbose=0, log=lambda _: None)
+    return out
+
+
+def copy_run(old_run, tmp_path):
+    shutil.copytree(old_run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+# --- item 2: every cell, depth and input trains, samples, exports and samples again on ONNX ---------------------
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("embedding_dim", [0, 4])
+def test_every_architecture_trains_exports_and_samples_on_onnx(titles_csv, tmp_path, cell, layers, embedding_dim):
+    logs: list[str] = []
+    config = tiny(titles_csv, cell=cell, layers=layers, embedding_dim=embedding_dim)
+    history = train(config, tmp_path / "run", verbose=0, log=logs.append)
+    assert [row["epoch"] for row in history] == [1]
+    assert sum(line.strip().startswith("T=") for line in logs) == 6  # the epoch's samples ran (GRU crashed here)
+    result = export(tmp_path / "run")  # verified against Keras on export
+    assert result.max_abs_diff <= 1e-4
+    config = SampleConfig((0.0, 1.0), n=4, max_len=40, seed=1)
+    run = sample_batch(result.path, tmp_path / "samples", config, device="cpu")
+    with open(tmp_path / "samples" / "samples.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == run.rows == 8
+    vocab = Vocab.load(tmp_path / "run" / "vocab.json")
+    assert all(set(r["text"]) <= set(vocab.chars) for r in rows)
+    # The same greedy title from the Keras step (training's samples) and the ONNX step (sample-batch).
+    keras_step = KerasStep(keras.saving.load_model(tmp_path / "run" / "best.keras", compile=False))
+    onnx_step = OnnxStep(result.path, device="cpu")
+    assert onnx_step.spec.cell == cell and onnx_step.spec.layers == layers
+    greedy = [vocab.decode(generate(step, SampleConfig((0.0,), n=1, max_len=40), np.arange(1), [[]]).ids[0])
+              for step in (keras_step, onnx_step)]
+    assert greedy[0] == greedy[1] == rows[0]["text"]
+
+
+# --- item 1: --overwrite replaces a run only once the new one has an epoch ---------------------------------------
+
+def test_overwrite_swaps_the_new_run_in_after_its_first_epoch(old_run, titles_csv, tmp_path, monkeypatch):
+    run = copy_run(old_run, tmp_path)
+    seen: list[dict] = []
+    sabotage(monkeypatch, 1, "begin", lambda _m: seen.append(json.loads((run / "config.json").read_text())))
+    history = train(tiny(titles_csv, seed=7, epochs=2), run, overwrite=True, verbose=0, log=lambda _: None)
+    assert seen[0]["config"]["seed"] == 0  # during epoch 1 the old run was still in place
+    assert json.loads((run / "config.json").read_text())["config"]["seed"] == 7
+    assert [row["epoch"] for row in history] == [1, 2] and len(read_history(run)) == 2
+    assert json.loads((run / MARKER).read_text()) == {"toolkit": "charlm", "format": 1}
+    assert siblings(run) == []
+
+
+@pytest.mark.parametrize("act, error", [(poison, UsageError), (interrupt, Interrupted)])
+def test_a_failure_before_the_first_epoch_leaves_the_old_run_whole(old_run, titles_csv, tmp_path, monkeypatch,
+                                                                   act, error):
+    run = copy_run(old_run, tmp_path)
+    before = snapshot(run)
+    sabotage(monkeypatch, 1, "end", act)
+    with pytest.raises(error) as e:
+        train(tiny(titles_csv, seed=7), run, overwrite=True, verbose=0, log=lambda _: None)
+    assert snapshot(run) == before and siblings(run) == []
+    if error is Interrupted:
+        assert e.value.epochs == 0
+    else:
+        assert "epoch 1" in str(e.value) and "as it was" in str(e.value)
+
+
+@pytest.mark.parametrize("overwrite, held, words", [(False, False, "a run appeared"),
+                                                     (True, True, "another `train` is writing")])
+def test_a_run_that_appears_while_training_is_never_replaced_unasked(old_run, titles_csv, tmp_path, monkeypatch,
+                                                                    overwrite, held, words):
+    """Two trains into one --out: the second to finish its first epoch is refused, and the first run stays whole."""
+    out = tmp_path / "run"
+    handles = []
+
+    def other_train(_model):
+        if not out.exists():
+            shutil.copytree(old_run, out)  # what a concurrent `train` made meanwhile
+            if held:
+                handles.append(toolkit.rundir.lock_run(out))  # and is still writing
+
+    sabotage(monkeypatch, 1, "begin", other_train)
+    try:
+        with pytest.raises(UsageError, match=words):
+            train(tiny(titles_csv, seed=9), out, overwrite=overwrite, verbose=0, log=lambda _: None)
+    finally:
+        for handle in handles:
+            handle.close()
+    assert snapshot(out) == snapshot(old_run) and siblings(out) == []
+
+
+# --- item 3: divergence stops training and keeps the last finite epoch ------------------------------------------
+
+def test_divergence_stops_at_the_batch_and_keeps_the_last_finite_epoch(titles_csv, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    batches: list[int] = []
+    sabotage(monkeypatch, 2, "begin", poison)
+    monkeypatch.setattr(toolkit.train.RunCheckpoint, "on_train_batch_begin", lambda self, b, logs=None: batches.append(
+        self.epoch) if self.epoch == 2 else None, raising=False)
+    with pytest.raises(UsageError, match=r"non-finite.*epoch 2.*keeps epoch 1.*lower --lr than 0.003"):
+        train(tiny(titles_csv, epochs=3), out, verbose=0, log=lambda _: None)
+    assert batches == [2]  # stopped at the batch where the loss went NaN, not at the end of the epoch
+    assert [row["epoch"] for row in read_history(out)] == [1]
+    steps = iterations(out / "last.keras")
+    for name in ("last.keras", "best.keras"):
+        model = keras.saving.load_model(out / name)
+        assert all(np.isfinite(w).all() for w in model.get_weights())
+        assert int(model.optimizer.iterations.numpy()) == steps  # epoch 1's state, not a partial epoch 2
+    assert all(math.isfinite(v) for v in read_history(out)[0].values())
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_non_finite_weights_after_the_last_batch_are_never_saved(titles_csv, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    sabotage(monkeypatch, 2, "end", poison)  # the training loss stays finite; validation is NaN
+    with pytest.raises(UsageError, match="epoch 2"):
+        train(tiny(titles_csv, epochs=2), out, verbose=0, log=lambda _: None)
+    assert len(read_history(out)) == 1
+    assert all(np.isfinite(w).all() for w in keras.saving.load_model(out / "last.keras").get_weights())
+
+
+SABOTAGED_CLI = """
+import runpy, sys
+import numpy as np
+import toolkit.rundir
+import toolkit.train
+
+class Sabotaged(toolkit.train.EpochSamples):
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.set_weights([np.full_like(w, np.nan) for w in self.model.get_weights()])
+
+toolkit.train.EpochSamples = Sabotaged
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_the_cli_reports_divergence_in_one_line_with_exit_status_2(titles_csv, tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", SABOTAGED_CLI, str(ROOT / "cli.py"), "train", "--data",
+                             str(titles_csv), "--out", str(out), "--units", "8", "--embedding-dim", "4", "--seq-len",
+                             "32", "--epochs", "3"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)})
+    assert_usage_error(result, "epoch 2", "--lr")
+    assert len(read_history(out)) == 1
+
+
+def test_export_refuses_a_model_with_non_finite_logits(tmp_path):
+    model = build_model(TrainConfig(units=8, embedding_dim=4, dropout=0), vocab_size=12)
+    path = tmp_path / "m.onnx"
+
+
+    poison(model)
+    onnx.save(build_step_graph(read_weights(model), {}), path)
+    with pytest.raises(UsageError, match="non-finite"):
+        max_logit_difference(model, path, 12)
+
+
+# --- item 4: resume is exact -------------------------------------------------------------------------------------
+
+def cosine(lr: float, step: int, total: int) -> float:
+    """The schedule by hand: from lr down to lr / 10 along half a cosine."""
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+
+
+def test_resume_with_more_epochs_follows_the_longer_cosine(old_run, titles_csv, tmp_path):
+    run = copy_run(old_run, tmp_path)
+    steps = iterations(run / "last.keras")
+    config = tiny(titles_csv, epochs=3)
+    history = train(config, run, resume=True, verbose=0, log=lambda _: None)
+    assert history[0]["lr"] == pytest.approx(cosine(config.lr, steps, steps))  # epoch 1 ended on the 1-epoch floor
+    for row in history[1:]:
+        assert row["lr"] == pytest.approx(cosine(config.lr, row["epoch"] * steps, 3 * steps), rel=1e-5)
+    assert json.loads((run / "config.json").read_text())["config"]["epochs"] == 3
+
+
+def test_resume_with_fewer_epochs_than_done_changes_nothing(old_run, titles_csv, tmp_path):
+    run = copy_run(old_run, tmp_path)
+    train(tiny(titles_csv, epochs=2), run, resume=True, verbose=0, log=lambda _: None)
+    before = snapshot(run)
+    logs: list[str] = []
+    history = train(tiny(titles_csv, epochs=1), run, resume=True, verbose=0, log=logs.append)
+    assert len(history) == 2 and "already completed 2 epochs" in logs[0]
+    assert snapshot(run) == before  # config.json still says 2 epochs
+
+
+KILLED_CLI = """
+import os, runpy, signal, sys
+
+n, count, replace = int(sys.argv[1]), [0], os.replace
+
+def killing_replace(src, dst):
+    count[0] += 1
+    if count[0] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+    replace(src, dst)
+
+os.replace = killing_replace
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_a_kill_at_any_rename_resumes_from_a_consistent_epoch(old_run, titles_csv, tmp_path):
+    """Kill a real `train --overwrite --epochs 2` before each of its renames in turn; then the next start finds
+    either the old run whole or the new run at a completed epoch, with no stray file, and resumes it exactly."""
+    steps = iterations(old_run / "last.keras")
+    pristine = snapshot(old_run)
+    config = tiny(titles_csv, seed=5, epochs=2)
+    args = ["train", "--data", titles_csv, "--out", tmp_path / "run", "--units", "8", "--embedding-dim", "4",
+            "--seq-len", "32", "--batch-size", "32", "--seed", "5", "--epochs", "2", "--overwrite"]
+    outcomes = []
+    for n in range(1, 40):
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+        run = copy_run(old_run, tmp_path)
+        result = subprocess.run([sys.executable, "-c", KILLED_CLI, str(n), str(ROOT / "cli.py"), *map(str, args)],
+                                capture_output=True, text=True, cwd=ROOT, timeout=300,
+                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)})
+        if result.returncode == 0:
+            break
+        assert result.returncode == -signal.SIGKILL, result.stderr
+        if not run.exists() or json.loads((run / "config.json").read_text())["config"]["seed"] == 0:
+            toolkit.rundir.check_out(run, resume=False, overwrite=True)  # the next start puts an old run back
+            assert snapshot(run) == pristine, n
+            outcomes.append("old")
+        else:
+            history = train(config, run, resume=True, verbose=0, log=lambda _: None)
+            assert [row["epoch"] for row in history] == [1, 2], n
+            assert iterations(run / "last.keras") == 2 * steps, n  # no epoch trained twice, none skipped
+            assert not [p for p in run.iterdir() if p.name.startswith(".")], n
+            outcomes.append("new")
+        assert siblings(run) == [], n
+    assert result.returncode == 0 and "old" in outcomes and "new" in outcomes, outcomes
+    assert len(outcomes) >= 10  # marker, vocab, config, reference, two commits of 3-4 files, the swap
+
+
+# --- contract item 1: the reference titles travel with the run ----------------------------------------------------
+
+def test_the_run_stores_its_training_and_held_out_titles(titles_csv, tmp_path):
+    config = tiny(titles_csv, field="description")
+    train(config, tmp_path / "run", verbose=0, log=lambda _: None)
+    reference = json.loads(lzma.decompress((tmp_path / "run" / "reference.json.xz").read_bytes()).decode("utf-8"))
+    corpus = load_corpus(str(titles_csv), "description")
+    assert reference == {"train_titles": corpus.train_titles, "val_titles": corpus.val_titles}
+    held = [t for t in reference["val_titles"] if in_validation(t, 0.1)]
+    assert held == reference["val_titles"] and len(held) > 5  # titles, although the model validated on descriptions
+    assert not set(reference["val_titles"]) & set(reference["train_titles"])
+
+
+# --- item 5: what a user can do to a run, or the machine to training, ends in one line ---------------------------
+
+@pytest.mark.parametrize("name, text", [
+    ("config.json", '{"config": {"units": "many"}}'),
+    ("config.json", "{not json"),
+    ("vocab.json", '{"chars": 3}'),
+    ("last.keras", "truncated"),
+])
+def test_a_tampered_run_is_refused_on_resume_in_one_line(old_run, tmp_path, name, text):
+    run = copy_run(old_run, tmp_path)
+    (run / name).write_text(text)
+    before = snapshot(run)
+    result = run_cli("train", "--out", run, "--resume", "--epochs", "2")
+    assert_usage_error(result, "corrupt")
+    assert snapshot(run) == before
+
+
+def test_a_full_disk_during_an_epoch_is_one_line_and_keeps_the_old_run(old_run, titles_csv, tmp_path, monkeypatch):
+    run = copy_run(old_run, tmp_path)
+    before = snapshot(run)
+
+    def full(self, path, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(keras.Model, "save", full)
+    with pytest.raises(UsageError, match="No space left on device"):
+        train(tiny(titles_csv, seed=3), run, overwrite=True, verbose=0, log=lambda _: None)
+    assert snapshot(run) == before and siblings(run) == []
+
+
+def test_running_out_of_memory_is_one_line_naming_the_sizes(titles_csv, tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    def oom(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+    monkeypatch.setattr(keras.Model, "fit", oom)
+    with pytest.raises(UsageError, match="out of memory.*--batch-size 32.*--units 8"):
+        train(tiny(titles_csv), tmp_path / "run", verbose=0, log=lambda _: None)
+    assert not (tmp_path / "run").exists() and siblings(tmp_path / "run") == []

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.data import FIELDS
 from toolkit.files import UsageError, write_text
+from toolkit.rundir import check_out
 
 CELLS = ("lstm", "gru")
+# Inclusive bounds of the integer options, generous for any GPU: an 8,192-unit LSTM layer is already 1 GiB of
+# recurrent weights (3 GiB with Adam's state). Past them sizes overflow TensorFlow's int32 shapes or any memory.
+INT_LIMITS = {"seq_len": (1, 16_384), "layers": (1, 16), "units": (1, 8_192), "embedding_dim": (0, 8_192),
+              "epochs": (1, 100_000), "batch_size": (1, 65_536), "seed": (0, 2**32 - 1)}  # seed: numpy's range
+# name: (low, high, low excluded, high excluded, as the error says it). An Adam learning rate above 1 only diverges.
+FLOAT_LIMITS = {"val_fraction": (0.0, 1.0, True, True, "(0, 1), both excluded"),
+                "dropout": (0.0, 1.0, False, True, "[0, 1): 1 would drop everything"),
+                "lr": (0.0, 1.0, True, False, "(0, 1]")}
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
 
 
 @dataclass(frozen=True)
@@ -34,14 +48,19 @@ class TrainConfig:
         checks = [
             (self.field in FIELDS, f"--field must be one of {', '.join(FIELDS)}, not {self.field!r}"),
             (self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, not {self.cell!r}"),
-            (0 < self.val_fraction < 1, f"--val-fraction must lie strictly between 0 and 1, not {self.val_fraction}"),
-            (0 <= self.dropout < 1, f"--dropout must lie in [0, 1), not {self.dropout}"),
-            (self.lr > 0, f"--lr must be positive, not {self.lr}"),
-            (self.embedding_dim >= 0, f"--embedding-dim must be 0 (one-hot) or positive, not {self.embedding_dim}"),
+            (isinstance(self.data, str) and self.data != "", f"--data must name a source, not {self.data!r}"),
+            (self.val_data is None or isinstance(self.val_data, str), f"--val-data must be a path, not "
+                                                                      f"{self.val_data!r}"),
         ]
-        for name in ("seq_len", "layers", "units", "epochs", "batch_size"):
+        for name, (low, high) in INT_LIMITS.items():
             value = getattr(self, name)
-            checks.append((value > 0, f"--{name.replace('_', '-')} must be a positive integer, not {value}"))
+            ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+            checks.append((ok, f"{_flag(name)} must be an integer from {low} to {high:,}, not {value!r}"))
+        for name, (low, high, open_low, open_high, text) in FLOAT_LIMITS.items():
+            value = getattr(self, name)
+            ok = (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+                  and (low < value if open_low else low <= value) and (value < high if open_high else value <= high))
+            checks.append((ok, f"{_flag(name)} must lie in {text}, not {value!r}"))
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
@@ -72,31 +91,28 @@ def load_run_config(run_dir: Path) -> tuple[TrainConfig, dict]:
     except FileNotFoundError:
         raise UsageError(f"{run_dir} is not a training run (no config.json); pass a directory made by "
                          "`cli.py train`") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, UsageError) as e:  # UsageError: a setting out of range
         raise UsageError(f"{path} is corrupt ({e}); retrain or restore the run") from None
+
+
+def check_resume(saved: TrainConfig, wanted: dict[str, object]) -> None:
+    """A resumed run keeps its config: any setting that differs from the saved one, except --epochs, is refused."""
+    for name, value in wanted.items():
+        if name != "epochs" and value is not None and getattr(saved, name) != value:
+            raise UsageError(f"{_flag(name)} {value} contradicts the run's config ({getattr(saved, name)}); drop "
+                             "the flag or train into a new --out")
 
 
 def resolve_config(out: Path, overrides: dict[str, object], *, resume: bool, overwrite: bool) -> TrainConfig:
     """The config of this run: defaults plus flags for a new run, the saved config for a resumed one.
 
-    Checks the output directory before any data is read, so a refused run writes nothing.
+    Runs `train`'s checks of the output directory and of the flags before any data is read, so a refused run
+    fails fast and writes nothing.
     """
+    out = check_out(out, resume=resume, overwrite=overwrite)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if resume:
-        if not (out / "last.keras").is_file():
-            raise UsageError(f"{out} has no checkpoint to resume; run without --resume to start a new run")
         saved, _ = load_run_config(out)
-        for name, value in overrides.items():
-            if name != "epochs" and getattr(saved, name) != value:
-                raise UsageError(f"--{name.replace('_', '-')} {value} contradicts the run's config "
-                                 f"({getattr(saved, name)}); drop the flag or train into a new --out")
+        check_resume(saved, overrides)
         return saved.replace(**{k: v for k, v in overrides.items() if k == "epochs"})
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; choose a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / "config.json").exists():
-            raise UsageError(f"--out {out} is not empty and holds no run; choose an empty or new directory")
-        if not overwrite:
-            raise UsageError(f"{out} already holds a run; pass --resume to continue it or --overwrite "
-                             "to replace it")
     return TrainConfig(**overrides)

@@ -9,6 +9,7 @@ import csv
 import gzip
 import hashlib
 import lzma
+import socket
 import sys
 import zlib
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class Corpus:
     train: list[str]
     val: list[str]
     train_titles: list[str]  # what novelty is measured against, whatever the model trained on
+    val_titles: list[str]  # the held-out titles (the report's reference row), whatever the model validates on
 
 
 def read_rows(source: str) -> tuple[list[Row], list[Row] | None]:
@@ -115,7 +117,13 @@ def _read_tfds(name: str) -> tuple[list[Row], list[Row]]:
     import tensorflow_datasets as tfds
 
     try:
-        splits = tfds.load(name, split=["train", "test"], batch_size=65536)
+        try:
+            splits = tfds.load(name, split=["train", "test"], batch_size=65536, download=False)
+        except AssertionError:  # TFDS's word for "not prepared in the data dir": a download is needed
+            _check_online(name)
+            splits = tfds.load(name, split=["train", "test"], batch_size=65536)
+    except UsageError:
+        raise
     except Exception as e:  # TFDS raises many types: unknown name, no network, bad data_dir
         raise UsageError(f"cannot load tfds:{name}: {str(e).splitlines()[0]}; check the name, the network "
                          "or TFDS_DATA_DIR, or pass a local .csv/.txt file") from None
@@ -127,6 +135,15 @@ def _read_tfds(name: str) -> tuple[list[Row], list[Row]]:
             rows += [Row(t.decode("utf-8"), d.decode("utf-8")) for t, d in zip(titles, descriptions, strict=True)]
         out.append(rows)
     return out[0], out[1]
+
+
+def _check_online(name: str) -> None:
+    """TFDS retries an unreachable download for minutes; without a network, say so within seconds."""
+    try:
+        socket.create_connection(("storage.googleapis.com", 443), timeout=5).close()
+    except OSError as e:
+        raise UsageError(f"cannot download tfds:{name}: no network ({e}); connect, point TFDS_DATA_DIR at a "
+                         "prepared copy, or pass a local .csv/.txt file") from None
 
 
 def in_validation(title: str, fraction: float) -> bool:
@@ -159,7 +176,8 @@ def load_corpus(source: str, field: str = "title", val_fraction: float = 0.1,
         val_rows = [r for r, h in zip(rows, held, strict=True) if h]
         rows = [r for r, h in zip(rows, held, strict=True) if not h]
     val_field = "description" if field == "description" else "title"
-    corpus = Corpus(texts_of(rows, field), texts_of(val_rows, val_field), [r.title for r in rows])
+    corpus = Corpus(texts_of(rows, field), texts_of(val_rows, val_field), [r.title for r in rows],
+                    [r.title for r in val_rows])
     if not corpus.train:
         raise UsageError(f"no training texts in {source} (field {field}); pass a non-empty data source")
     if not corpus.val:

@@ -38,6 +38,15 @@ class BitsPerChar(keras.metrics.Metric):
         return tf.math.divide_no_nan(self.total, self.count)
 
 
+def lr_schedule(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The learning rate at optimizer step s: a cosine from `lr` to a tenth of it over the configured epochs.
+
+    A pure function of the step and the configured total, so a run resumed with more --epochs gets this
+    schedule anew (`train` sets it on the loaded optimizer) and continues along the longer cosine.
+    """
+    return keras.optimizers.schedules.CosineDecay(config.lr, config.epochs * steps_per_epoch, alpha=0.1)
+
+
 def build_model(config: TrainConfig, vocab_size: int, steps_per_epoch: int = 1) -> keras.Model:
     """The model `train` fits. `embedding_dim=0` gives the notebook's one-hot input (a frozen identity table).
 
@@ -57,8 +66,7 @@ def build_model(config: TrainConfig, vocab_size: int, steps_per_epoch: int = 1) 
             x = keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
     logits = keras.layers.Dense(vocab_size, name="logits")(x)
     model = keras.Model(tokens, logits, name=f"charlm_{config.cell}")
-    schedule = keras.optimizers.schedules.CosineDecay(config.lr, config.epochs * steps_per_epoch, alpha=0.1)
-    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=1.0),
+    model.compile(optimizer=keras.optimizers.Adam(lr_schedule(config, steps_per_epoch), clipnorm=1.0),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD),
                   metrics=[BitsPerChar()])
     return model
@@ -90,8 +98,9 @@ class KerasStep:
         x = self.embedding(tokens)
         new = [[] for _ in state]
         for i, cell in enumerate(self.cells):
-            x, layer_state = cell(x, [s[i] for s in state] if self.lstm else state[0][i], training=False)
-            for kind, s in zip(new, layer_state if self.lstm else [layer_state[0]], strict=True):
+            # A list in, a list out, for both cells (a GRU cell given a bare tensor returns a bare tensor).
+            x, layer_state = cell(x, [s[i] for s in state], training=False)
+            for kind, s in zip(new, layer_state, strict=True):
                 kind.append(s)
         return self.head(x), tuple(tf.stack(s) for s in new)
 

@@ -1,9 +1,12 @@
-"""`train`: fit the model, checkpoint every epoch, keep the best, and resume after an interruption."""
+"""`train`: fit the model, commit every epoch whole, keep the best, stop on divergence, and resume exactly."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import json
+import lzma
+import math
 import shutil
 import sys
 import time
@@ -12,17 +15,19 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from toolkit.config import TrainConfig, load_run_config, save_run_config
+from toolkit.config import TrainConfig, check_resume, load_run_config, save_run_config
 from toolkit.data import Corpus, load_corpus
 from toolkit.dataset import make_dataset
 from toolkit.files import UsageError, atomic_path
-from toolkit.model import KerasStep, build_model
+from toolkit.model import KerasStep, build_model, lr_schedule
+from toolkit.rundir import PENDING, check_out, clear_strays, commit, lock_run, new_run_dir, swap_into_place
 from toolkit.sampling.config import SampleConfig
 from toolkit.sampling.reference import generate
 from toolkit.vocab import BREAK, Vocab
 
-HISTORY_COLUMNS = ("epoch", "loss", "bpc", "val_loss", "val_bpc", "seconds", "chars_per_second")
+HISTORY_COLUMNS = ("epoch", "loss", "bpc", "val_loss", "val_bpc", "lr", "seconds", "chars_per_second")
 EPOCH_SAMPLE_TEMPS = (0.3, 1.0, 1.8)
 
 
@@ -47,38 +52,65 @@ def read_history(out: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def _write_history(out: Path, rows: list[dict[str, float]]) -> None:
-    with atomic_path(out / "history.csv") as tmp, open(tmp, "w", newline="") as f:
+def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
+    with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, HISTORY_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
 
 
 class RunCheckpoint(keras.callbacks.Callback):
-    """After each epoch: last.keras, best.keras (by validation bits per character), then history.csv.
+    """After each epoch, one commit of last.keras, best.keras (by validation bits per character) and history.csv.
 
-    Each file is renamed into place whole, so a killed process leaves the last completed epoch behind.
+    The first commit of a new run (built in `run`, beside `out`) also swaps it into place. A non-finite loss
+    stops training at the batch where it appears, and nothing non-finite is ever saved.
     """
 
-    def __init__(self, out: Path, history: list[dict[str, float]], chars_per_epoch: int):
+    def __init__(self, run: Path, out: Path, history: list[dict[str, float]], chars_per_epoch: int, lr: float,
+                 overwrite: bool = False):
         super().__init__()
-        self.out, self.history, self.chars = out, history, chars_per_epoch
+        self.run, self.out, self.history, self.chars, self.lr = run, out, history, chars_per_epoch, lr
+        self.overwrite = overwrite
         self.best = min((row["val_bpc"] for row in history), default=np.inf)
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self.started = time.perf_counter()
+        self.epoch, self.started = epoch + 1, time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        if not math.isfinite(float(logs["loss"])):
+            raise self._diverged()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         seconds = time.perf_counter() - self.started
-        with atomic_path(self.out / "last.keras") as tmp:
-            self.model.save(tmp)
-        if logs["val_bpc"] < self.best:
-            self.best = logs["val_bpc"]
-            with atomic_path(self.out / "best.keras") as tmp:
-                shutil.copyfile(self.out / "last.keras", tmp)
-        self.history.append({"epoch": epoch + 1, **{k: float(logs[k]) for k in HISTORY_COLUMNS[1:5]},
-                             "seconds": round(seconds, 2), "chars_per_second": round(self.chars / seconds)})
-        _write_history(self.out, self.history)
+        row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in HISTORY_COLUMNS[1:5]},
+               "lr": float(self.model.optimizer.learning_rate), "seconds": round(seconds, 2),
+               "chars_per_second": round(self.chars / seconds)}
+        if not all(map(math.isfinite, row.values())) or not all(np.isfinite(w).all() for w in self.model.get_weights()):
+            raise self._diverged()
+        files = {"last.keras": PENDING + "last.keras", "history.csv": PENDING + "history.csv"}
+        if row["val_bpc"] < self.best:
+            files["best.keras"] = PENDING + "best.keras"
+        try:
+            self.model.save(self.run / files["last.keras"])
+            if "best.keras" in files:
+                shutil.copyfile(self.run / files["last.keras"], self.run / files["best.keras"])
+            _write_history(self.run / files["history.csv"], [*self.history, row])
+            commit(self.run, files)
+            if self.run != self.out:
+                swap_into_place(self.run, self.out, self.overwrite)
+                self.run = self.out
+        except OSError as e:
+            raise UsageError(f"cannot write epoch {epoch + 1} of {self.out}: {e.strerror}; free some space or "
+                             "choose another --out") from None
+        self.history.append(row)
+        self.best = min(self.best, row["val_bpc"])
+
+    def _diverged(self) -> UsageError:
+        kept = (f"{self.out} keeps epoch {len(self.history)}, the last finite one" if self.run == self.out
+                else f"no epoch completed, so {self.out} is as it was")
+        return UsageError(f"the loss became non-finite (NaN or inf) in epoch {self.epoch}: training diverged and "
+                          f"stopped; {kept}; train again with a lower --lr than {self.lr:g}, e.g. "
+                          f"--lr {self.lr / 10:g}")
 
 
 class EpochSamples(keras.callbacks.Callback):
@@ -96,46 +128,108 @@ class EpochSamples(keras.callbacks.Callback):
             self.log(f"  T={temp:.1f}  {text}")
 
 
-def train(config: TrainConfig, out: Path, *, resume: bool = False, log: Callable[[str], None] = print,
-          verbose: int | str = "auto", corpus: Corpus | None = None) -> list[dict[str, float]]:
-    """Train (or resume) a run in `out`; returns the history, one dict per completed epoch."""
-    out = Path(out)
-    corpus = corpus or load_corpus(config.data, config.field, config.val_fraction, config.val_data)
-    if resume:
-        _, facts = load_run_config(out)
-        if facts.get("data_fingerprint") != fingerprint(corpus.train):
-            raise UsageError(f"the training texts differ from those {out} was trained on; resume with the same "
-                             "data, or start a new run with --overwrite")
-        save_run_config(out / "config.json", config, **{k: v for k, v in facts.items() if k != "config"})  # epochs
-        vocab = Vocab.load(out / "vocab.json")
-        model = keras.saving.load_model(out / "last.keras")
-        history = read_history(out)
-    else:
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        vocab = Vocab.build(corpus.train)
-        vocab.save(out / "vocab.json")
-        save_run_config(out / "config.json", config, vocab_size=vocab.size,
-                        data_fingerprint=fingerprint(corpus.train),
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; `epochs`: how many epochs of this run --out now holds (0: --out is as it was)."""
+
+    def __init__(self, epochs: int):
+        super().__init__(epochs)
+        self.epochs = epochs
+
+
+def write_reference(run: Path, corpus: Corpus) -> None:
+    """reference.json.xz: the titles novelty is measured against and the held-out titles, whatever the field."""
+    text = json.dumps({"train_titles": corpus.train_titles, "val_titles": corpus.val_titles}, ensure_ascii=False)
+    with atomic_path(run / "reference.json.xz") as tmp:
+        tmp.write_bytes(lzma.compress(text.encode("utf-8")))
+
+
+def _load_run(out: Path, facts: dict, corpus: Corpus) -> tuple[Vocab, keras.Model]:
+    if facts.get("data_fingerprint") != fingerprint(corpus.train):
+        raise UsageError(f"the training texts differ from those {out} was trained on; resume with the same "
+                         "data, or start a new run with --overwrite")
+    try:
+        return Vocab.load(out / "vocab.json"), keras.saving.load_model(out / "last.keras")
+    except Exception as e:  # missing, truncated or foreign files: Keras and json raise many types
+        raise UsageError(f"cannot load the run in {out} ({str(e).splitlines()[0][:160]}); it is incomplete or "
+                         "corrupt: start a new run with --overwrite") from None
+
+
+def _start_run(run: Path, config: TrainConfig, vocab: Vocab, corpus: Corpus) -> None:
+    """What a new run holds before its first epoch (its marker is already there)."""
+    try:
+        vocab.save(run / "vocab.json")
+        save_run_config(run / "config.json", config, vocab_size=vocab.size, data_fingerprint=fingerprint(corpus.train),
                         train_texts=len(corpus.train), val_texts=len(corpus.val))
-        model = None  # built once the steps per epoch are known (the learning-rate schedule needs them)
-        history = []
-    done = len(history)
-    if done >= config.epochs:
-        log(f"{out} already completed {done} of {config.epochs} epochs; pass a larger --epochs to go on")
-        return history
-    keras.utils.set_random_seed(config.seed + done)
+        write_reference(run, corpus)
+    except OSError as e:  # a full disk, say: atomic_path has removed what it began
+        raise UsageError(f"cannot write {e.filename or run}: {e.strerror}; free some space or choose another "
+                         "--out") from None
+
+
+def train(config: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
+          log: Callable[[str], None] = print, verbose: int | str = "auto",
+          corpus: Corpus | None = None) -> list[dict[str, float]]:
+    """Train a new run in `out`, or resume the run there; returns the history, one dict per completed epoch.
+
+    Refuses what the CLI refuses, with the same checks, before anything is written: a new run needs a new or
+    empty `out`, or `overwrite` and a charlm run there with nothing else in it. The new run is built beside
+    `out` and swapped into place once its first epoch is committed, so a failure before that (bad data,
+    divergence, Ctrl-C) leaves an old run whole.
+    """
+    out = check_out(Path(out), resume=resume, overwrite=overwrite)
+    if resume:
+        saved, facts = load_run_config(out)
+        check_resume(saved, config.to_dict())
+    corpus = corpus or load_corpus(config.data, config.field, config.val_fraction, config.val_data)
+    run = out if resume else new_run_dir(out)
+    lock = lock_run(run)
+    history: list[dict[str, float]] = []
+    checkpoint = None
+    try:
+        if resume:
+            clear_strays(out)
+            vocab, model = _load_run(out, facts, corpus)
+            history = read_history(out)
+            if len(history) >= config.epochs:
+                log(f"{out} already completed {len(history)} epochs (--epochs {config.epochs}); pass a larger "
+                    "--epochs to go on")
+                return history
+            if config.epochs != saved.epochs:  # the new total is the truth from now on
+                save_run_config(out / "config.json", config, **{k: v for k, v in facts.items() if k != "config"})
+        else:
+            vocab, model = Vocab.build(corpus.train), None
+            _start_run(run, config, vocab, corpus)
+        checkpoint = RunCheckpoint(run, out, history, predicted_characters(corpus.train), config.lr, overwrite)
+        _fit(config, model, vocab, corpus, checkpoint, log, verbose, done=len(history))
+    except KeyboardInterrupt:
+        raise Interrupted(len(history) if resume or (checkpoint and checkpoint.run == out) else 0) from None
+    finally:
+        if not resume and not (checkpoint and checkpoint.run == out):  # never swapped in: `out` is as it was
+            shutil.rmtree(run, ignore_errors=True)
+        if lock:
+            lock.close()
+    return history
+
+
+def _fit(config: TrainConfig, model: keras.Model | None, vocab: Vocab, corpus: Corpus, checkpoint: RunCheckpoint,
+         log: Callable[[str], None], verbose: int | str, done: int) -> None:
+    seed = (config.seed + done) % 2**32  # a resumed run draws anew, within numpy's seed range
+    keras.utils.set_random_seed(seed)
     train_ds = make_dataset(corpus.train, vocab, batch_size=config.batch_size, seq_len=config.seq_len,
-                            shuffle_seed=config.seed + done)
+                            shuffle_seed=seed)
     val_ds = make_dataset(corpus.val, vocab, batch_size=256, seq_len=config.seq_len)
-    model = model or build_model(config, vocab.size, steps_per_epoch=int(train_ds.cardinality()))
-    chars = predicted_characters(corpus.train)
+    steps = int(train_ds.cardinality())
+    if model is None:
+        model = build_model(config, vocab.size, steps_per_epoch=steps)
+    else:
+        model.optimizer.learning_rate = lr_schedule(config, steps)  # the configured total may have changed
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2  # a bar on a terminal, a line per epoch in a log
     # Our own progress bar ahead of the samples, so that an epoch's line is complete before they print.
     progress = [keras.callbacks.ProgbarLogger()] if verbose else []
-    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=done, verbose=verbose,
-              shuffle=False, callbacks=[RunCheckpoint(out, history, chars), *progress,
-                                        EpochSamples(vocab, log, seed=config.seed)])
-    return history
-
+    try:
+        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=done, verbose=verbose,
+                  shuffle=False, callbacks=[checkpoint, *progress, EpochSamples(vocab, log, seed=config.seed)])
+    except tf.errors.ResourceExhaustedError:
+        raise UsageError(f"out of memory at --batch-size {config.batch_size}, --seq-len {config.seq_len}, "
+                         f"--units {config.units}, --layers {config.layers}; lower them") from None
