@@ -54,12 +54,14 @@ class Weights:
 
 def read_weights(model) -> Weights:
     """The arrays of a model built by toolkit.model.build_model, in the layout the graph uses."""
+    import keras
+
     from toolkit.model import rnn_layers
 
     cell_layers = rnn_layers(model)
     if not cell_layers:
         raise UsageError("the checkpoint holds no LSTM or GRU layer; export only models made by `cli.py train`")
-    cell = "lstm" if type(cell_layers[0]).__name__ == "LSTM" else "gru"
+    cell = "lstm" if isinstance(cell_layers[0], keras.layers.LSTM) else "gru"
     layers = []
     for rnn in cell_layers:
         kernel, recurrent, bias = (np.asarray(w, np.float32) for w in rnn.cell.get_weights())

@@ -20,6 +20,7 @@ INT_LIMITS = {"seq_len": (1, 16_384), "layers": (1, 16), "units": (1, 8_192), "e
 # name: (low, high, low excluded, high excluded, as the error says it). An Adam learning rate above 1 only diverges.
 FLOAT_LIMITS = {"val_fraction": (0.0, 1.0, True, True, "(0, 1), both excluded"),
                 "dropout": (0.0, 1.0, False, True, "[0, 1): 1 would drop everything"),
+                "weight_drop": (0.0, 1.0, False, True, "[0, 1): 1 would drop everything"),
                 "lr": (0.0, 1.0, True, False, "(0, 1]")}
 
 
@@ -39,6 +40,7 @@ class TrainConfig:
     units: int = 256
     embedding_dim: int = 64  # 0: one-hot input, as in the notebook
     dropout: float = 0.1
+    weight_drop: float = 0.0  # DropConnect on each recurrent matrix, one mask a batch
     epochs: int = 15
     batch_size: int = 64
     lr: float = 3e-3  # peak: cosine decay to a tenth over the epochs
