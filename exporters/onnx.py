@@ -56,7 +56,7 @@ def read_weights(model) -> Weights:
     """The arrays of a model built by toolkit.model.build_model, in the layout the graph uses."""
     import keras
 
-    from toolkit.model import rnn_layers
+    from toolkit.model import TiedEmbedding, rnn_layers
 
     cell_layers = rnn_layers(model)
     if not cell_layers:
@@ -71,8 +71,10 @@ def read_weights(model) -> Weights:
             layers.append(Layer(kernel, recurrent, bias[0], bias[1]))
         else:
             raise UsageError("GRU with reset_after=False is not supported; train with `cli.py train --cell gru`")
-    embedding = np.asarray(model.layers[1].get_weights()[0], np.float32)
-    head = tuple(np.asarray(w, np.float32) for w in model.get_layer("logits").get_weights())
+    first = model.layers[1]
+    embedding = np.asarray(first.get_weights()[0], np.float32)
+    head = first.head() if isinstance(first, TiedEmbedding) else model.get_layer("logits").get_weights()
+    head = tuple(np.asarray(w, np.float32) for w in head)
     return Weights(cell, embedding, layers, head)
 
 

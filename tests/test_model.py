@@ -8,6 +8,7 @@ import tensorflow as tf
 
 import toolkit.model
 from toolkit.config import TrainConfig
+from toolkit.files import UsageError
 from toolkit.model import GRU, LSTM, build_model, rnn_layers
 
 KERAS = {LSTM: keras.layers.LSTM, GRU: keras.layers.GRU}
@@ -82,3 +83,32 @@ def test_without_a_gpu_training_takes_the_lean_loop(monkeypatch):
     monkeypatch.setattr(LSTM, "sequence", staticmethod(lambda *a: calls.append(1) or lean(*a)))
     LSTM(4, return_sequences=True)(tf.zeros((2, 3, 2)), training=True)
     assert calls
+
+
+@pytest.mark.parametrize("layer_type, fused", [(LSTM, "lstm"), (GRU, "gru")])
+def test_on_a_gpu_keras_fused_kernel_gets_the_weight_dropped_matrix(layer_type, fused, monkeypatch):
+    """Where Keras has cuDNN (its backend's lstm/gru do not decline), that path runs, given the dropped recurrent
+    matrix in training and the whole one at inference; the GRU asks for cuDNN's variant (reset_after)."""
+    seen = []
+
+    def cudnn(x, *args, **kwargs):
+        seen.append((args, kwargs))
+        outputs = tf.zeros((x.shape[0], x.shape[1], 4))
+        return outputs[:, -1], outputs, [outputs[:, -1]] * (2 if fused == "lstm" else 1)
+
+    monkeypatch.setattr(toolkit.model.keras_backend, fused, cudnn)
+    layer = layer_type(4, return_sequences=True, weight_drop=0.5)
+    x = tf.ones((2, 3, 2))
+    layer(x), layer(x, training=True)
+    recurrent = [kwargs["recurrent_kernel"] for _, kwargs in seen]
+    assert np.array_equal(recurrent[0], layer.cell.recurrent_kernel)
+    assert not np.array_equal(recurrent[1], layer.cell.recurrent_kernel)
+    assert all(kwargs.get("reset_after", fused == "lstm") for _, kwargs in seen)
+
+
+def test_tying_shares_the_embedding_and_needs_one():
+    model = build_model(TrainConfig(units=8, embedding_dim=4, tie=True), vocab_size=10)
+    names = [layer.name for layer in model.layers]
+    assert "logits" not in names and names.count("embedding") == 1  # one layer both embeds and makes the logits
+    with pytest.raises(UsageError, match="--tie needs an embedding"):
+        TrainConfig(tie=True, embedding_dim=0)

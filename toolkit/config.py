@@ -39,6 +39,7 @@ class TrainConfig:
     layers: int = 1
     units: int = 256
     embedding_dim: int = 64  # 0: one-hot input, as in the notebook
+    tie: bool = False  # the logits through the input embedding (weight tying)
     dropout: float = 0.1
     weight_drop: float = 0.0  # DropConnect on each recurrent matrix, one mask a batch
     epochs: int = 15
@@ -53,6 +54,9 @@ class TrainConfig:
             (isinstance(self.data, str) and self.data != "", f"--data must name a source, not {self.data!r}"),
             (self.val_data is None or isinstance(self.val_data, str), f"--val-data must be a path, not "
                                                                       f"{self.val_data!r}"),
+            (isinstance(self.tie, bool), f"--tie must be true or false, not {self.tie!r}"),
+            (not self.tie or self.embedding_dim != 0, "--tie needs an embedding (--embedding-dim above 0): one-hot "
+                                                      "input has no vectors to share"),
         ]
         for name, (low, high) in INT_LIMITS.items():
             value = getattr(self, name)

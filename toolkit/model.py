@@ -156,7 +156,7 @@ def gru_sequence(x, kernel, recurrent, bias, h0):
 
 def _chains() -> int:
     """Independent slices of a batch, one per inter-op thread (each chain runs single-threaded)."""
-    return max(1, int(os.environ.get("TF_NUM_INTEROP_THREADS") or os.cpu_count() or 1))
+    return int(os.environ.get("TF_NUM_INTEROP_THREADS") or 0) or os.cpu_count() or 1  # 0: TensorFlow's default
 
 
 class _Lean:
@@ -199,7 +199,8 @@ class LSTM(_Lean, keras.layers.LSTM):
     sequence = staticmethod(lstm_sequence)
 
     def fused(self, x, state, recurrent, **kwargs):
-        return keras_backend.lstm(x, state[0], state[1], None, self.cell.kernel, recurrent, self.cell.bias, **kwargs)
+        return keras_backend.lstm(x, state[0], state[1], None, kernel=self.cell.kernel, recurrent_kernel=recurrent,
+                                  bias=self.cell.bias, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="charlm")
@@ -207,11 +208,40 @@ class GRU(_Lean, keras.layers.GRU):
     sequence = staticmethod(gru_sequence)
 
     def fused(self, x, state, recurrent, **kwargs):
-        return keras_backend.gru(x, state[0], None, self.cell.kernel, recurrent, self.cell.bias, reset_after=True,
-                             **kwargs)
+        return keras_backend.gru(x, state[0], None, kernel=self.cell.kernel, recurrent_kernel=recurrent,
+                                 bias=self.cell.bias, reset_after=True, **kwargs)
 
 
 RNN_LAYERS = {"lstm": LSTM, "gru": GRU}
+
+
+@keras.saving.register_keras_serializable(package="charlm")
+class TiedEmbedding(keras.layers.Layer):
+    """The input embedding that also makes the logits (weight tying): a character's input vector is its output
+    vector. Called on ids it embeds them; called with `logits=True` on the last layer's outputs [.., units] it
+    gives (outputs @ projection) @ embeddings^T + bias, the projection taking units to the embedding size."""
+
+    def __init__(self, vocab_size: int, dim: int, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.dim, self.units = vocab_size, dim, units
+
+    def build(self, input_shape=None) -> None:
+        self.embeddings = self.add_weight(shape=(self.vocab_size, self.dim), initializer="uniform", name="embeddings")
+        self.projection = self.add_weight(shape=(self.units, self.dim), initializer="glorot_uniform",
+                                          name="projection")
+        self.bias = self.add_weight(shape=(self.vocab_size,), initializer="zeros", name="bias")
+
+    def call(self, inputs, logits: bool = False):
+        if not logits:
+            return tf.gather(self.embeddings, tf.cast(inputs, tf.int32))
+        return tf.matmul(tf.matmul(inputs, self.projection), self.embeddings, transpose_b=True) + self.bias
+
+    def head(self) -> tuple[np.ndarray, np.ndarray]:
+        """The logits as one Dense layer would hold them: kernel [units, vocab], bias [vocab]."""
+        return np.asarray(self.projection) @ np.asarray(self.embeddings).T, np.asarray(self.bias)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "vocab_size": self.vocab_size, "dim": self.dim, "units": self.units}
 
 
 @keras.saving.register_keras_serializable(package="charlm")
@@ -255,7 +285,10 @@ def build_model(config: TrainConfig, vocab_size: int, steps_per_epoch: int = 1) 
     """
     keras.utils.set_random_seed(config.seed)
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
-    if config.embedding_dim:
+    tied = TiedEmbedding(vocab_size, config.embedding_dim, config.units, name="embedding") if config.tie else None
+    if tied:
+        x = tied(tokens)
+    elif config.embedding_dim:
         x = keras.layers.Embedding(vocab_size, config.embedding_dim, name="embedding")(tokens)
     else:
         x = keras.layers.Embedding(vocab_size, vocab_size, embeddings_initializer="identity",
@@ -265,7 +298,7 @@ def build_model(config: TrainConfig, vocab_size: int, steps_per_epoch: int = 1) 
                                     name=f"rnn_{i}")(x)
         if config.dropout:
             x = keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
-    logits = keras.layers.Dense(vocab_size, name="logits")(x)
+    logits = tied(x, logits=True) if tied else keras.layers.Dense(vocab_size, name="logits")(x)
     model = keras.Model(tokens, logits, name=f"charlm_{config.cell}")
     model.compile(optimizer=keras.optimizers.Adam(lr_schedule(config, steps_per_epoch), clipnorm=1.0),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD),
@@ -287,7 +320,8 @@ class KerasStep:
     def __init__(self, model: keras.Model):
         self.embedding = model.get_layer(index=1)
         self.cells = [layer.cell for layer in rnn_layers(model)]
-        self.head = model.get_layer("logits")
+        tied = isinstance(self.embedding, TiedEmbedding)
+        self.head = (lambda x: self.embedding(x, logits=True)) if tied else model.get_layer("logits")
         self.lstm = isinstance(self.cells[0], keras.layers.LSTMCell)
         self.layers, self.units = len(self.cells), self.cells[0].units
         self._step = tf.function(self._call, reduce_retracing=True)
