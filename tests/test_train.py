@@ -183,6 +183,7 @@ def test_every_architecture_trains_exports_and_samples_on_onnx(titles_csv, tmp_p
     history = train(config, tmp_path / "run", verbose=0, log=logs.append)
     assert [row["epoch"] for row in history] == [1]
     assert sum(line.strip().startswith("T=") for line in logs) == 6  # the epoch's samples ran (GRU crashed here)
+    assert any("bits/char" in line and "characters/s" in line for line in logs)  # and its summary
     result = export(tmp_path / "run")  # verified against Keras on export
     assert result.max_abs_diff <= 1e-4
     config = SampleConfig((0.0, 1.0), n=4, max_len=40, seed=1)
