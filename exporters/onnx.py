@@ -54,12 +54,14 @@ class Weights:
 
 def read_weights(model) -> Weights:
     """The arrays of a model built by toolkit.model.build_model, in the layout the graph uses."""
-    from toolkit.model import rnn_layers
+    import keras
+
+    from toolkit.model import TiedEmbedding, rnn_layers
 
     cell_layers = rnn_layers(model)
     if not cell_layers:
         raise UsageError("the checkpoint holds no LSTM or GRU layer; export only models made by `cli.py train`")
-    cell = "lstm" if type(cell_layers[0]).__name__ == "LSTM" else "gru"
+    cell = "lstm" if isinstance(cell_layers[0], keras.layers.LSTM) else "gru"
     layers = []
     for rnn in cell_layers:
         kernel, recurrent, bias = (np.asarray(w, np.float32) for w in rnn.cell.get_weights())
@@ -69,8 +71,10 @@ def read_weights(model) -> Weights:
             layers.append(Layer(kernel, recurrent, bias[0], bias[1]))
         else:
             raise UsageError("GRU with reset_after=False is not supported; train with `cli.py train --cell gru`")
-    embedding = np.asarray(model.layers[1].get_weights()[0], np.float32)
-    head = tuple(np.asarray(w, np.float32) for w in model.get_layer("logits").get_weights())
+    first = model.layers[1]
+    embedding = np.asarray(first.get_weights()[0], np.float32)
+    head = first.head() if isinstance(first, TiedEmbedding) else model.get_layer("logits").get_weights()
+    head = tuple(np.asarray(w, np.float32) for w in head)
     return Weights(cell, embedding, layers, head)
 
 

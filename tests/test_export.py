@@ -23,11 +23,12 @@ def scrambled_model(rng, **config):
     return model
 
 
-@pytest.mark.parametrize("cell, layers, embedding_dim", [
-    ("lstm", 1, 8), ("lstm", 3, 8), ("gru", 1, 8), ("gru", 2, 8), ("lstm", 1, 0), ("gru", 1, 0)])
-def test_onnx_step_reproduces_keras(cell, layers, embedding_dim, tmp_path):
+@pytest.mark.parametrize("cell, layers, embedding_dim, tie", [
+    ("lstm", 1, 8, False), ("lstm", 3, 8, False), ("gru", 1, 8, False), ("gru", 2, 8, False), ("lstm", 1, 0, False),
+    ("gru", 1, 0, False), ("lstm", 2, 8, True), ("gru", 1, 12, True)])
+def test_onnx_step_reproduces_keras(cell, layers, embedding_dim, tie, tmp_path):
     model = scrambled_model(np.random.default_rng(0), cell=cell, layers=layers, units=12,
-                            embedding_dim=embedding_dim)
+                            embedding_dim=embedding_dim, tie=tie, weight_drop=0.5)
     path = tmp_path / "m.onnx"
     onnx.save(build_step_graph(read_weights(model), {"vocab": Vocab(tuple("abcdefghijklmnopqrstuvwxyz")).to_json(),
                                                      "cell": cell, "layers": str(layers), "units": "12",

@@ -182,17 +182,20 @@ def copy_run(old_run, tmp_path):
     return tmp_path / "run"
 
 
-# --- item 2: every cell, depth and input trains, samples, exports and samples again on ONNX ---------------------
+# --- item 2: every cell, depth, input and head trains, samples, exports and samples again on ONNX -----------
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("layers", [1, 2])
-@pytest.mark.parametrize("embedding_dim", [0, 4])
-def test_every_architecture_trains_exports_and_samples_on_onnx(titles_csv, tmp_path, cell, layers, embedding_dim):
+@pytest.mark.parametrize("options", [{"embedding_dim": 0}, {"embedding_dim": 4},
+                                     {"embedding_dim": 4, "tie": True, "weight_drop": 0.3}],
+                         ids=["one-hot", "embedding", "tied+weight-drop"])
+def test_every_architecture_trains_exports_and_samples_on_onnx(titles_csv, tmp_path, cell, layers, options):
     logs: list[str] = []
-    config = tiny(titles_csv, cell=cell, layers=layers, embedding_dim=embedding_dim)
+    config = tiny(titles_csv, cell=cell, layers=layers, **options)
     history = train(config, tmp_path / "run", verbose=0, log=logs.append)
     assert [row["epoch"] for row in history] == [1]
     assert sum(line.strip().startswith("T=") for line in logs) == 6  # the epoch's samples ran (GRU crashed here)
+    assert any("bits/char" in line and "characters/s" in line for line in logs)  # and its summary
     result = export(tmp_path / "run")  # verified against Keras on export
     assert result.max_abs_diff <= 1e-4
     config = SampleConfig((0.0, 1.0), n=4, max_len=40, seed=1)
