@@ -63,7 +63,7 @@ def train(
     dropout: Annotated[float | None, _opt("Dropout after each recurrent layer, in [0, 1).", D.dropout,
                                           "RATE")] = None,
     tie: Annotated[bool | None, _opt("Tie the output layer to the input embedding (the logits through its "
-                                     "transpose).", D.tie)] = None,
+                                     "transpose).", D.tie, "")] = None,
     weight_drop: Annotated[float | None, _opt("DropConnect on each recurrent matrix (one mask a batch), in [0, 1).",
                                               D.weight_drop, "RATE")] = None,
     epochs: Annotated[int | None, _opt("Epochs in all (a resumed run may raise it).", D.epochs, "N")] = None,

@@ -37,12 +37,12 @@ class TrainConfig:
     seq_len: int = 256  # longer texts are cut into chunks of this many characters
     cell: str = "lstm"  # lstm | gru
     layers: int = 1
-    units: int = 256
+    units: int = 384
     embedding_dim: int = 64  # 0: one-hot input, as in the notebook
     tie: bool = False  # the logits through the input embedding (weight tying)
     dropout: float = 0.1
-    weight_drop: float = 0.0  # DropConnect on each recurrent matrix, one mask a batch
-    epochs: int = 15
+    weight_drop: float = 0.1  # DropConnect on each recurrent matrix, one mask a batch
+    epochs: int = 20
     batch_size: int = 64
     lr: float = 3e-3  # peak: cosine decay to a tenth over the epochs
     seed: int = 0
