@@ -256,3 +256,63 @@ def test_the_draw_never_leaves_the_vocabulary_whatever_the_rounding():
     u = np.full(x.shape[0], 1 - 2**-24, np.float32)  # the largest uniform: (2^23 - 1 + 0.5) * 2^-23
     for ids in (draw(x, u), run_graph(lambda g: draw_onnx(g, "x", "u"), {"x": x, "u": u})):
         assert ids.min() >= 0 and ids.max() < VOCAB
+
+
+@pytest.mark.parametrize("make, value, accepted", [
+    (TopK, 0, "positive integer"), (TopK, 2.5, "positive integer"), (TopP, 1.5, "(0, 1]"), (TopP, 0.0, "(0, 1]"),
+    (MinP, -0.1, "(0, 1]"), (MinP, 0, "(0, 1]"),
+    (lambda v: RepetitionPenalty(v, 0), 3, "[-2, 2]"), (lambda v: RepetitionPenalty(0, v), -2.5, "[-2, 2]")])
+def test_a_refusal_says_what_is_accepted_and_what_was_given(make, value, accepted):
+    """The CLI prints `error: FLAG REQUIREMENT, not VALUE` from these fields."""
+    with pytest.raises(InvalidParameter) as error:
+        make(value)
+    assert accepted in error.value.requirement and error.value.value == value
+    assert str(error.value).endswith(f"{accepted}, not {value!r}")
+
+
+@pytest.mark.parametrize("make, inside, outside", [
+    (TopK, 1, 0), (TopK, 2**31 - 1, 2**31), (TopP, 5e-324, 0.0), (TopP, 1.0, math.nextafter(1, 2)),
+    (MinP, 5e-324, 0.0), (MinP, 1.0, math.nextafter(1, 2)),
+    (lambda v: RepetitionPenalty(v, 0), 2.0, math.nextafter(2, 3)),
+    (lambda v: RepetitionPenalty(0, v), -2.0, math.nextafter(-2, -3))])
+def test_each_parameter_holds_its_range_to_the_last_value(make, inside, outside):
+    make(inside)
+    with pytest.raises(InvalidParameter):
+        make(outside)
+
+
+def test_top_k_keeps_the_k_largest_of_a_wide_vocabulary():
+    """Thousands of ids, as a character vocabulary of Chinese or Japanese text has."""
+    x = np.random.default_rng(7).normal(0, 1, (20, 5000)).astype(np.float32)
+    for k in (1, 7, 2500, 4999, 5000):
+        assert kept(TopK(k).numpy(x, no_rows(20))) == (x >= np.sort(x, axis=1)[:, -k, None]).tolist()
+
+
+def test_top_p_holds_at_the_lowest_temperature():
+    """At temperature 0.01 the logits are 100 times larger (here ~1000): the nucleus is still the likeliest id."""
+    x = Temperature().numpy(np.float32([[10, 9.5, 9, 0]]), Rows(np.float32([0.01])))
+    assert kept(TopP(0.9).numpy(x, no_rows())) == [[True, False, False, False]]
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18, 26])
+def test_a_whole_chain_in_the_graph_equals_the_reference_to_the_last_bit(opset):
+    """The graph and numpy run the same float32 operations in the same order, so the reference predicts the
+    engine's logits exactly on CPU."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(0, 3, (500, VOCAB)).astype(np.float32)
+    temperature = rng.choice(np.float32([0, 0.3, 1, 1.8]), 500)
+    counts = rng.integers(0, 4, (500, VOCAB)).astype(np.float32)
+    chain = [Ban(), RepetitionPenalty(0.4, -0.3), Temperature(), TopK(9), TopP(0.9), MinP(0.02)]
+
+    def build(g):
+        y = "x"
+        for p in chain:
+            y = p.onnx(g, y, GRAPH_ROWS)
+        return y
+
+    expected = x
+    for p in chain:
+        expected = p.numpy(expected, Rows(temperature, counts))
+    got = run_graph(build, {"x": x, "temperature": temperature, "counts": counts,
+                            "inverse": inverse_temperature(temperature)}, opset)
+    assert expected.dtype == np.float32 and np.array_equal(got, expected)
