@@ -173,3 +173,22 @@ def test_any_number_of_cpu_engines_writes_the_same_file_in_order(model, tmp_path
     one, many = read(tmp_path / "one"), read(tmp_path / "many")
     assert many["sample_id"].tolist() == list(range(600))
     assert one.drop(columns="logprob").equals(many.drop(columns="logprob"))
+
+
+def test_run_json_names_each_sampling_setting_as_the_library_does(model, tmp_path):
+    """run.json's `sampling` (shown in the report's Runs table) holds every SampleConfig field under its name."""
+    import dataclasses
+
+    config = sampling_config((0.5, 1.0), n=3, prompts=("ab",), max_len=20, seed=9, top_p=0.9)
+    sample_batch(model, tmp_path, config, device="cpu")
+    recorded = json.loads((tmp_path / "run.json").read_text())["sampling"]
+    assert set(recorded) == {f.name for f in dataclasses.fields(SampleConfig)}
+    assert [recorded[k] for k in ("temperatures", "n", "prompts", "max_len", "seed")] == [[0.5, 1.0], 3, ["ab"], 20, 9]
+
+
+def test_whole_number_temperatures_are_written_as_temperatures(model, tmp_path):
+    """A library caller's (0, 1) gives the same float column as the CLI's 0.0,1.0: runs compare and concatenate."""
+    sample_batch(model, tmp_path / "ints", SampleConfig((0, 1), n=3), device="cpu", fmt="parquet")
+    sample_batch(model, tmp_path / "floats", SampleConfig((0.0, 1.0), n=3), device="cpu", fmt="parquet")
+    ints, floats = read(tmp_path / "ints", "parquet"), read(tmp_path / "floats", "parquet")
+    assert ints["temperature"].dtype == np.float64 and ints.equals(floats)

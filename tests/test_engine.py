@@ -128,6 +128,8 @@ def test_a_model_with_non_finite_logits_is_refused(tmp_path):
 def test_prompts_with_unknown_characters_are_refused(lstm):
     with pytest.raises(UsageError, match="'Z'"):
         Engine(lstm, SampleConfig((1.0,), prompts=("Zed",)))
+    with pytest.raises(UsageError, match="^prompt 'Zed' has"):  # which input holds them: the prompt
+        Engine(lstm, SampleConfig((1.0,), prompts=("ab", "Zed")))
 
 
 @pytest.mark.parametrize("changes, parameter", [
