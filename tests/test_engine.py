@@ -181,3 +181,11 @@ def test_a_blocks_uniforms_are_those_of_each_of_its_steps():
     counter = counters(np.array([0, 5, 10**9]))
     block = model.run(None, {"counter": counter, "first_step": np.array(16, np.int64)})[0]
     assert np.array_equal(block, np.stack([uniforms(squares_key(123), counter, 16 + j) for j in range(8)]))
+
+
+def test_the_reference_loop_gives_ids_the_vocabulary_decodes(lstm):
+    """Training prints its per-epoch samples from the reference loop through `decode_rows`."""
+    config = SampleConfig((1.0,), n=6, max_len=20, seed=1)
+    batch = generate(lstm, config, np.arange(6), [[]])
+    texts = lstm.spec.vocab.decode_rows(batch.ids).tolist()
+    assert texts == [lstm.spec.vocab.decode(row) for row in Engine(lstm, config).generate(np.arange(6)).ids]
