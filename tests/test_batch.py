@@ -192,3 +192,15 @@ def test_whole_number_temperatures_are_written_as_temperatures(model, tmp_path):
     sample_batch(model, tmp_path / "floats", SampleConfig((0.0, 1.0), n=3), device="cpu", fmt="parquet")
     ints, floats = read(tmp_path / "ints", "parquet"), read(tmp_path / "floats", "parquet")
     assert ints["temperature"].dtype == np.float64 and ints.equals(floats)
+
+
+def test_the_samples_schema_is_the_same_whatever_the_seed(model, tmp_path):
+    """Seeds span 0 to 2^64 - 1: the seed column is unsigned 64-bit for every run, so runs concatenate."""
+    import pyarrow.parquet as pq
+
+    schemas = []
+    for seed in (0, 2**64 - 1):
+        sample_batch(model, tmp_path / str(seed), SampleConfig((1.0,), n=3, seed=seed), device="cpu", fmt="parquet")
+        schemas.append(pq.read_schema(tmp_path / str(seed) / "samples.parquet").remove_metadata())
+    assert schemas[0] == schemas[1] and str(schemas[0].field("seed").type) == "uint64"
+    assert read(tmp_path / str(2**64 - 1), "parquet")["seed"].tolist() == [2**64 - 1] * 3

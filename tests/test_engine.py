@@ -189,3 +189,9 @@ def test_the_reference_loop_gives_ids_the_vocabulary_decodes(lstm):
     batch = generate(lstm, config, np.arange(6), [[]])
     texts = lstm.spec.vocab.decode_rows(batch.ids).tolist()
     assert texts == [lstm.spec.vocab.decode(row) for row in Engine(lstm, config).generate(np.arange(6)).ids]
+
+
+def test_a_model_with_non_finite_logits_is_named(tmp_path):
+    path = step_model(tmp_path / "nan.onnx", bias={7: np.nan})
+    with pytest.raises(UsageError, match=f"^{path} gives non-finite logits"):
+        Engine(OnnxStep(path, "cpu"), SampleConfig((1.0,), n=4, max_len=10)).generate(np.arange(4))
