@@ -195,3 +195,21 @@ def test_a_model_with_non_finite_logits_is_named(tmp_path):
     path = step_model(tmp_path / "nan.onnx", bias={7: np.nan})
     with pytest.raises(UsageError, match=f"^{path} gives non-finite logits"):
         Engine(OnnxStep(path, "cpu"), SampleConfig((1.0,), n=4, max_len=10)).generate(np.arange(4))
+
+
+@pytest.mark.parametrize("opset", [13, 18, 26])
+def test_models_of_every_opset_the_exporter_writes_sample_as_the_reference(opset, tmp_path):
+    """The head is written in the model's own opset (ReduceMax and ReduceSum change form at 13 and 18)."""
+    step = OnnxStep(step_model(tmp_path / "m.onnx", opset=opset, bias={EOS: 1.0}), "cpu")
+    config = sampling_config((0.0, 1.0), n=10, max_len=20, seed=4, min_p=0.1, presence_penalty=0.5)
+    rows = np.arange(config.rows)
+    assert np.array_equal(Engine(step, config).generate(rows).ids, generate(step, config, rows, [[]]).ids)
+
+
+def test_a_vocabulary_beyond_256_ids_keeps_every_id(tmp_path):
+    """The history tensor holds ids in one byte only while they fit: 257 ids need more."""
+    chars = tuple(chr(c) for c in range(0x100, 0x100 + 253))  # 4 reserved ids + 253 characters = 257
+    step = OnnxStep(step_model(tmp_path / "m.onnx", chars=chars, bias={256: 3.0, 255: 2.0}), "cpu")
+    config = sampling_config((1.0,), n=20, max_len=15, seed=2)
+    batch = Engine(step, config).generate(np.arange(20))
+    assert (batch.ids == 256).any() and np.array_equal(batch.ids, generate(step, config, np.arange(20), [[]]).ids)
