@@ -10,7 +10,7 @@ from helpers import step_model
 from onnx import helper
 
 from toolkit.files import UsageError
-from toolkit.sampling.runtime import CPU, Model, OnnxStep, check_device, session
+from toolkit.sampling.runtime import CPU, CUDA, Model, OnnxStep, check_device, session
 from toolkit.sampling.writer import check_format
 
 
@@ -79,3 +79,60 @@ def test_a_step_says_where_it_runs_and_leaves_no_files_behind(model, tmp_path, m
     step = OnnxStep(model, "cpu")
     step(np.array([1, 1]), step.initial_state(2))
     assert step.provider == CPU and step.model.path == model and list(tmp_path.iterdir()) == []
+
+
+class FakeSession:
+    """onnxruntime's InferenceSession as a GPU machine's would answer: it records what it was asked for and
+    starts the providers `started` names."""
+
+    started = [CPU]
+
+    def __init__(self, data, options, providers):
+        self.asked, self.options = providers, options
+        FakeSession.last = self
+
+    def get_providers(self):
+        return self.started
+
+
+@pytest.fixture
+def cuda_offered(monkeypatch):
+    """onnxruntime offering CUDA, with the preloading of its libraries recorded."""
+    import onnxruntime as ort
+
+    preloaded = []
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(ort, "preload_dlls", lambda: preloaded.append(True), raising=False)
+    monkeypatch.setattr(ort, "InferenceSession", FakeSession)
+    monkeypatch.setattr(FakeSession, "started", [CUDA, CPU])
+    return preloaded
+
+
+def cuda(tf32="0", cuda_graph="0"):
+    return [(CUDA, {"use_tf32": tf32, "enable_cuda_graph": cuda_graph}), CPU]
+
+
+@pytest.mark.parametrize("device, options, asked", [
+    ("cpu", {}, [CPU]), ("cpu", {"tf32": True}, [CPU]), ("auto", {}, cuda()), ("cuda", {}, cuda()),
+    ("auto", {"tf32": True}, cuda(tf32="1")), ("cuda", {"cuda_graph": True}, cuda(cuda_graph="1"))])
+def test_where_cuda_is_offered_each_device_asks_for_its_providers(model, cuda_offered, device, options, asked):
+    """TF32 and CUDA graphs stay off unless asked for; the CUDA libraries are preloaded only when CUDA is asked."""
+    session(onnx.load(model), device, **options)
+    assert FakeSession.last.asked == asked and cuda_offered == ([] if device == "cpu" else [True])
+
+
+def test_by_default_a_step_takes_cuda_without_tf32(model, cuda_offered):
+    step = OnnxStep(model)
+    assert FakeSession.last.asked == cuda() and step.provider == CUDA and step.tf32 is False
+    assert not FakeSession.last.options.enable_profiling
+    OnnxStep(model, tf32=True)
+    assert FakeSession.last.asked == cuda(tf32="1")
+    session(onnx.load(model))
+    assert FakeSession.last.asked == cuda()
+
+
+def test_cuda_asked_for_but_not_started_is_refused_while_auto_falls_back(model, cuda_offered, monkeypatch):
+    monkeypatch.setattr(FakeSession, "started", [CPU])
+    with pytest.raises(UsageError, match="^--device cuda: onnxruntime could not start its CUDA provider"):
+        session(onnx.load(model), "cuda")
+    assert session(onnx.load(model), "auto").get_providers() == [CPU]
