@@ -213,3 +213,24 @@ def test_a_vocabulary_beyond_256_ids_keeps_every_id(tmp_path):
     config = sampling_config((1.0,), n=20, max_len=15, seed=2)
     batch = Engine(step, config).generate(np.arange(20))
     assert (batch.ids == 256).any() and np.array_equal(batch.ids, generate(step, config, np.arange(20), [[]]).ids)
+
+
+@pytest.mark.parametrize("options", [{"sync_every": -1}, {"shrink": 1.0}, {"shrink": 1.5}, {"shrink": -0.5}])
+def test_engine_settings_out_of_range_are_refused(lstm, options):
+    with pytest.raises(UsageError, match=r"^sync_every must be positive and shrink in \(0, 1\), not "):
+        Engine(lstm, SampleConfig((1.0,), n=4, max_len=10), **options)
+
+
+def test_an_engine_on_cpu_uses_its_threads_and_no_cuda_graphs_and_writes_no_files(lstm, tmp_path, monkeypatch):
+    """What run.json reports (provider, cuda_graph, its error) and what a CPU worker of sample-batch relies on:
+    one thread per engine, whatever asked for CUDA graphs."""
+    monkeypatch.chdir(tmp_path)
+    config = SampleConfig((1.0,), n=4, max_len=10)
+    for options in ({}, {"cuda_graph": True}):
+        engine = Engine(lstm, config, threads=1, **options)
+        engine.generate(np.arange(4))
+        assert (engine.device, engine.provider, engine.cuda_graph, engine.cuda_graph_error) == \
+            ("cpu", "CPUExecutionProvider", False, None)
+        sessions = (engine.session, engine.selector, engine.uniformer, engine.starter)
+        assert [s.get_session_options().intra_op_num_threads for s in sessions] == [1] * 4
+    assert list(tmp_path.iterdir()) == []
