@@ -271,3 +271,15 @@ def test_groups_come_in_temperature_order_whatever_the_file_order():
     assert t["group"].tolist() == ["T=0.5", "T=1", "T=2", "reference"]
     assert t["temperature"].dtype == np.float64 and t["temperature"].tolist()[:3] == [0.5, 1.0, 2.0]
     assert math.isnan(t["temperature"].iloc[3])
+
+
+def test_copy_rate_is_one_minus_novelty_interval_included():
+    rng = random.Random(2)
+    t = table({1.0: [rng.choice(TRAIN + ["new text", "other"]) for _ in range(40)]}, val=VAL * 8).loc["T=1"]
+    assert t["copy_rate"] == pytest.approx(1 - t["novelty"]) and t["novelty_lo"] < t["novelty_hi"]
+    assert (t["copy_rate_lo"], t["copy_rate_hi"]) == pytest.approx((1 - t["novelty_hi"], 1 - t["novelty_lo"]))
+
+
+def test_the_smallest_size_is_one_text_a_subsample():
+    t = table({1.0: TEXTS}, size=1)
+    assert t["size"].tolist() == [1, 1] and t["subsamples"].tolist() == [5, 5]
