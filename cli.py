@@ -62,6 +62,10 @@ def train(
                                               D.embedding_dim, "N")] = None,
     dropout: Annotated[float | None, _opt("Dropout after each recurrent layer, in [0, 1).", D.dropout,
                                           "RATE")] = None,
+    tie: Annotated[bool | None, _opt("Tie the output layer to the input embedding (the logits through its "
+                                     "transpose).", D.tie)] = None,
+    weight_drop: Annotated[float | None, _opt("DropConnect on each recurrent matrix (one mask a batch), in [0, 1).",
+                                              D.weight_drop, "RATE")] = None,
     epochs: Annotated[int | None, _opt("Epochs in all (a resumed run may raise it).", D.epochs, "N")] = None,
     batch_size: Annotated[int | None, _opt("Sequences per batch.", D.batch_size, "N")] = None,
     lr: Annotated[float | None, _opt("Peak Adam learning rate, in (0, 1]; a cosine takes it to a tenth.", D.lr,

@@ -247,6 +247,27 @@ def profile(step: OnnxStep, rows: int, torch, device: str) -> dict:
     return result
 
 
+def parity(path: Path, rows: int = 512, steps: int = 64) -> dict:
+    """Largest |logit difference| of CUDA against CPU over `steps` steps of `rows` random tokens (state carried),
+    with TF32 off (the default) and on; and the share of rows the CUDA engine samples exactly as the CPU one does."""
+    cpu = OnnxStep(path, "cpu")
+    tokens = np.random.default_rng(0).integers(4, cpu.spec.vocab.size, size=(steps, rows))
+    result = {}
+    for tf32 in (False, True):
+        gpu = OnnxStep(path, "cuda", tf32=tf32)
+        gpu_state, cpu_state, worst = gpu.initial_state(rows), cpu.initial_state(rows), 0.0
+        for t in range(steps):
+            gpu_logits, gpu_state = gpu(tokens[t], gpu_state)
+            cpu_logits, cpu_state = cpu(tokens[t], cpu_state)
+            worst = max(worst, float(np.abs(gpu_logits - cpu_logits).max()))
+        result[f"max_abs_logit_diff_tf32_{'on' if tf32 else 'off'}"] = worst
+    config = config_for(3000)
+    same = Engine(OnnxStep(path, "cuda"), config).generate(np.arange(config.rows)).ids == \
+        Engine(cpu, config).generate(np.arange(config.rows)).ids
+    result["rows_identical_to_cpu"] = float(same.all(axis=1).mean())
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, action="append", required=True, help="exported .onnx (repeatable)")
@@ -308,6 +329,10 @@ def main() -> None:
         if spec.precision == "float32":
             for rows in sizes:
                 measure(name, r, f"ceiling_{rows}", ceiling, step, rows, torch, device)
+    if results["device"] == "cuda":
+        for path in args.model:
+            measure(f"{path.parent.name}/{path.name}", results["models"][f"{path.parent.name}/{path.name}"],
+                    "parity", parity, path)
     for path, step in steps.items():  # the slower measurements, once every model has its main figures
         name, r = f"{path.parent.name}/{path.name}", results["models"][f"{path.parent.name}/{path.name}"]
         if step.spec.precision != "float32":

@@ -364,7 +364,7 @@ def metrics_table(samples: pd.DataFrame, train: TrainingTitles | Sequence[str], 
     if size is not None and not 1 <= size <= len(smallest.texts):
         raise UsageError(f"--size {size} must lie between 1 and the smallest group ({smallest.label} holds "
                          f"{len(smallest.texts)} texts); pass --size {len(smallest.texts)} or less")
-    size = size or len(smallest.texts)
+    size = len(smallest.texts) if size is None else size
     pools = [_pools(g, size, seed) for g in groups]
     # one Texts for every scored text of every group, so n-gram ids are shared; near-copies only in the first
     # NEAR_COPY_CAP texts of each group, spread over its subsamples

@@ -189,7 +189,7 @@ def score(sample_dir: Path, train_data: str | None = None, name: str | None = No
           size: int | None = None) -> ScoredRun:
     """Read a sample directory and compute its metrics table (groups scored at `size`, default the smallest)."""
     read = _read(sample_dir, train_data)
-    return _score(read, name or Path(sample_dir).resolve().name, size or read.smallest)
+    return _score(read, name or Path(sample_dir).resolve().name, read.smallest if size is None else size)
 
 
 def write_report(sample_dir: Path, train_data: str | None = None, size: int | None = None) -> tuple[Path, Path]:
@@ -224,7 +224,8 @@ def write_comparison(sample_dirs: Sequence[Path], out: Path, train_data: str | N
     if len(set(names)) < len(names):
         names = [str(d) for d in dirs]
     reads = [_read(d, train_data) for d in dirs]
-    size = size or min(r.smallest for r in reads)  # one size for every group of every run: comparable figures
+    if size is None:  # one size for every group of every run: comparable figures
+        size = min(r.smallest for r in reads)
     runs = [_score(r, name, size) for r, name in zip(reads, names, strict=True)]
     table = pd.concat([r.table.assign(run=r.name)[["run", *r.table.columns]] for r in runs], ignore_index=True)
     tables = {r.name: r.table for r in runs}

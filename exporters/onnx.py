@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 from toolkit.config import TrainConfig, load_run_config
 from toolkit.files import UsageError, atomic_path, write_text
 from toolkit.sampling import contract
-from toolkit.sampling.graph import Graph
+from toolkit.sampling.graph import Graph, make_model
 from toolkit.vocab import BOS, SPECIALS, Vocab
 
 REFERENCE_FILE = "reference.json.xz"  # written by `train`: the titles a report compares samples with
@@ -54,12 +54,14 @@ class Weights:
 
 def read_weights(model) -> Weights:
     """The arrays of a model built by toolkit.model.build_model, in the layout the graph uses."""
-    from toolkit.model import rnn_layers
+    import keras
+
+    from toolkit.model import TiedEmbedding, rnn_layers
 
     cell_layers = rnn_layers(model)
     if not cell_layers:
         raise UsageError("the checkpoint holds no LSTM or GRU layer; export only models made by `cli.py train`")
-    cell = "lstm" if type(cell_layers[0]).__name__ == "LSTM" else "gru"
+    cell = "lstm" if isinstance(cell_layers[0], keras.layers.LSTM) else "gru"
     layers = []
     for rnn in cell_layers:
         kernel, recurrent, bias = (np.asarray(w, np.float32) for w in rnn.cell.get_weights())
@@ -69,8 +71,10 @@ def read_weights(model) -> Weights:
             layers.append(Layer(kernel, recurrent, bias[0], bias[1]))
         else:
             raise UsageError("GRU with reset_after=False is not supported; train with `cli.py train --cell gru`")
-    embedding = np.asarray(model.layers[1].get_weights()[0], np.float32)
-    head = tuple(np.asarray(w, np.float32) for w in model.get_layer("logits").get_weights())
+    first = model.layers[1]
+    embedding = np.asarray(first.get_weights()[0], np.float32)
+    head = first.head() if isinstance(first, TiedEmbedding) else model.get_layer("logits").get_weights()
+    head = tuple(np.asarray(w, np.float32) for w in head)
     return Weights(cell, embedding, layers, head)
 
 
@@ -111,8 +115,11 @@ def build_step_graph(w: Weights, metadata: dict[str, str], opset: int = DEFAULT_
     news: dict[str, list[str]] = {k: [] for k in kinds}
     for i, layer in enumerate(w.layers):
         last = n == 1  # then the layer's results are the graph's outputs
-        index = g.const(f"layer_{i}", np.int64(i), np.int64)
-        prev = {k: state[k] if n == 1 else g.op("Gather", state[k], index, axis=0, name=f"{k}_{i}") for k in kinds}
+        if n == 1:
+            prev = state
+        else:
+            index = g.const(f"layer_{i}", np.int64(i), np.int64)
+            prev = {k: g.op("Gather", state[k], index, axis=0, name=f"{k}_{i}") for k in kinds}
         if i:
             kernels, biases = by_gate(f"kernel_{i}", layer.kernel), by_gate(f"bias_{i}", layer.bias)
             x = {gate: g.op("Gemm", news["h"][-1], kernels[gate], biases[gate]) for gate in gates}
@@ -151,9 +158,8 @@ def build_step_graph(w: Weights, metadata: dict[str, str], opset: int = DEFAULT_
         [helper.make_tensor_value_info(contract.LOGITS, TensorProto.FLOAT, ["batch", vocab_size]),
          *(helper.make_tensor_value_info(contract.out(k), TensorProto.FLOAT, state_shape) for k in kinds)],
         g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="charlm",
-                              doc_string="One step of a character-level title generator. Feed <bos> first.")
-    model.ir_version = helper.find_min_ir_version_for(model.opset_import)  # what older runtimes read
+    model = make_model(graph, opset, producer_name="charlm",
+                       doc_string="One step of a character-level title generator. Feed <bos> first.")
     helper.set_model_props(model, metadata)
     onnx.checker.check_model(model, full_check=True)
     return model

@@ -70,3 +70,22 @@ def step_model(path: Path, cell: str = "lstm", layers: int = 1, units: int = 16,
 
     onnx.save(build_step_graph(weights, spec.metadata("best"), **export_options), path)
     return path
+
+
+def cli_in_process(*args: str) -> tuple[int, str]:
+    """`cli.py ARGS` in this process, for tests that call it hundreds of times: exit status and stderr."""
+    import contextlib
+    import io
+
+    import cli
+
+    stderr = io.StringIO()
+    argv, sys.argv = sys.argv, ["cli.py", *args]
+    try:
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+            cli.main()
+    except SystemExit as e:
+        return int(e.code or 0), stderr.getvalue()
+    finally:
+        sys.argv = argv
+    return 0, stderr.getvalue()

@@ -277,3 +277,26 @@ def test_several_cpu_engines_run_on_one_thread_each(model, tmp_path, monkeypatch
     sample_batch(model, tmp_path, SampleConfig((1.0,), n=6, max_len=10), device="cpu", sync_every=4)
     assert made == threads
     assert json.loads((tmp_path / "run.json").read_text())["sync_every"] == 4
+
+
+def test_memory_is_bounded_by_the_chunk_whatever_n(model, tmp_path):
+    """A run of 3 * 10^9 rows: after its first chunks, Python has allocated megabytes, not gigabytes."""
+    import tracemalloc
+
+    class Enough(Exception):
+        pass
+
+    def stop_after_two_chunks(rows, characters):
+        if rows > 2 * 256:
+            raise Enough
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(Enough):
+            sample_batch(model, tmp_path, sampling_config((0.5, 1.0, 1.5), n=10**9, max_len=16), device="cpu",
+                         batch_size=256, progress=stop_after_two_chunks)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, peak
+    assert not (tmp_path / "samples.csv").exists()  # nothing half-written

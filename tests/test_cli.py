@@ -81,13 +81,17 @@ def test_export_then_sample_then_the_summary(tiny_run, tmp_path):
     assert (tmp_path / "s" / "samples.csv").is_file()
 
 
-def test_sample_batch_does_not_import_tensorflow(tiny_onnx, tmp_path):
+def test_sample_batch_and_its_report_import_no_tensorflow_and_say_only_what_they_did(tiny_onnx, tmp_path):
     result = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "cli.py"), "sample-batch", "--model",
-                             str(tiny_onnx), "--n", "5", "--out", str(tmp_path), "--no-report"],
-                            capture_output=True, text=True, timeout=120)
+                             str(tiny_onnx), "--n", "5", "--out", str(tmp_path)], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
     assert "onnxruntime" in imported and "tensorflow" not in imported and "keras" not in imported
+    assert [line for line in result.stderr.splitlines() if "import time:" not in line] == []  # no chatter
+    said = result.stdout.splitlines()
+    assert len(said) == 2 and "characters/s" in said[0] and said[1].startswith("wrote ")
+    assert (tmp_path / "report.html").is_file()
 
 
 @pytest.mark.parametrize("args, words", [

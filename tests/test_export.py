@@ -23,11 +23,12 @@ def scrambled_model(rng, **config):
     return model
 
 
-@pytest.mark.parametrize("cell, layers, embedding_dim", [
-    ("lstm", 1, 8), ("lstm", 3, 8), ("gru", 1, 8), ("gru", 2, 8), ("lstm", 1, 0), ("gru", 1, 0)])
-def test_onnx_step_reproduces_keras(cell, layers, embedding_dim, tmp_path):
+@pytest.mark.parametrize("cell, layers, embedding_dim, tie", [
+    ("lstm", 1, 8, False), ("lstm", 3, 8, False), ("gru", 1, 8, False), ("gru", 2, 8, False), ("lstm", 1, 0, False),
+    ("gru", 1, 0, False), ("lstm", 2, 8, True), ("gru", 1, 12, True)])
+def test_onnx_step_reproduces_keras(cell, layers, embedding_dim, tie, tmp_path):
     model = scrambled_model(np.random.default_rng(0), cell=cell, layers=layers, units=12,
-                            embedding_dim=embedding_dim)
+                            embedding_dim=embedding_dim, tie=tie, weight_drop=0.5)
     path = tmp_path / "m.onnx"
     onnx.save(build_step_graph(read_weights(model), {"vocab": Vocab(tuple("abcdefghijklmnopqrstuvwxyz")).to_json(),
                                                      "cell": cell, "layers": str(layers), "units": "12",
@@ -57,6 +58,8 @@ def test_a_one_layer_step_writes_its_state_outputs_directly(cell):
     producers = {o: n.op_type for n in graph.node for o in n.output}
     assert all(producers[o.name] in ("Add", "Mul") for o in graph.output[1:])  # no copy through (Un)squeeze
     assert not any(n.op_type == "Gather" and n.input[0] in ("h", "c") for n in graph.node)
+    used = {name for n in graph.node for name in n.input}
+    assert all(t.name in used for t in graph.initializer)  # nothing onnxruntime would warn about and drop
 
 
 def test_metadata_describes_the_model_and_its_run(tiny_run, tiny_onnx):

@@ -83,6 +83,9 @@ def test_a_size_larger_than_a_group_is_refused():
 
     with pytest.raises(UsageError, match=r"--size 6 .*T=1 holds 5"):
         table({1.0: TEXTS}, size=6)
+    for nothing in (0, -1):  # not "the default": a size of no text is a mistake to name
+        with pytest.raises(UsageError, match=f"--size {nothing} must lie between 1"):
+            table({1.0: TEXTS}, size=nothing)
 
 
 def test_bootstrap_intervals_cover_the_true_value():

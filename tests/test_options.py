@@ -1,19 +1,15 @@
 """Every numeric option of `train`, any value a user can type: accepted within its documented range, else one
 line naming the option and the range (property-based: hypothesis draws the values, huge and non-finite ones too)."""
 
-import contextlib
-import io
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
-from helpers import assert_usage_error, run_cli
+from helpers import assert_usage_error, cli_in_process, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import cli
 from toolkit.config import FLOAT_LIMITS, INT_LIMITS, TrainConfig
 from toolkit.files import UsageError
 
@@ -31,7 +27,8 @@ def in_range(name: str, value) -> bool:
         return isinstance(value, int) and low <= value <= high
     if not math.isfinite(value):
         return False
-    return {"val_fraction": 0 < value < 1, "dropout": 0 <= value < 1, "lr": 0 < value <= 1}[name]
+    return {"val_fraction": 0 < value < 1, "dropout": 0 <= value < 1, "weight_drop": 0 <= value < 1,
+            "lr": 0 < value <= 1}[name]
 
 
 def test_the_bounds_fit_numpy_and_tensorflow():
@@ -61,20 +58,6 @@ def test_a_config_accepts_exactly_its_ranges(name, value):
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config  # survives config.json
 
 
-def cli_train(*args: str) -> tuple[int, str]:
-    """`cli.py train` in this process: exit status and stderr (the CLI refuses before TensorFlow loads)."""
-    stderr = io.StringIO()
-    argv, sys.argv = sys.argv, ["cli.py", "train", *args]
-    try:
-        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-            cli.main()
-    except SystemExit as e:
-        return int(e.code or 0), stderr.getvalue()
-    finally:
-        sys.argv = argv
-    return 0, stderr.getvalue()
-
-
 INTEGERS = st.one_of(st.integers(), st.integers(-(2**80), 2**80))
 TYPED = st.one_of(st.tuples(st.sampled_from(INT_OPTIONS), INTEGERS),
                   st.tuples(st.sampled_from(FLOAT_OPTIONS), st.one_of(st.floats(), INTEGERS)))
@@ -86,8 +69,8 @@ def test_any_typed_value_is_one_line_and_exit_2(tmp_path, case):
     """Through the CLI's parser: a value in range gets past the flags (and stops at the missing data file)."""
     name, value = case
     flag = "--" + name.replace("_", "-")
-    code, stderr = cli_train("--out", str(tmp_path / "run"), "--data", str(tmp_path / "missing.csv"), flag,
-                             repr(value))
+    code, stderr = cli_in_process("train", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "missing.csv"),
+                                  flag, repr(value))
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), stderr
     if in_range(name, value if name in INT_LIMITS else float(value)):

@@ -19,7 +19,7 @@ from toolkit.sampling.draw import (
     uniforms,
     uniforms_onnx,
 )
-from toolkit.sampling.graph import Graph
+from toolkit.sampling.graph import Graph, make_model
 from toolkit.sampling.processors import (
     Ban,
     InvalidParameter,
@@ -105,13 +105,11 @@ def run_graph(build, inputs: dict[str, np.ndarray], opset=17):
     """Build a graph with `build(g) -> output name` over the given inputs and run it on onnxruntime's CPU."""
     g = Graph(np.float32, opset, vocab=VOCAB)
     result = build(g)
-    model = helper.make_model(helper.make_graph(
+    model = make_model(helper.make_graph(
         [*g.nodes, helper.make_node("Identity", [result], ["out"])], "t",
         [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
          for k, v in inputs.items()],
-        [helper.make_empty_tensor_value_info("out")], g.initializers),
-        opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = helper.find_min_ir_version_for(model.opset_import)
+        [helper.make_empty_tensor_value_info("out")], g.initializers), opset)
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)[0]
 
 

@@ -1,20 +1,16 @@
 """Every sampling option, any value a user can type: a valid config or one line naming the flag, exit status 2
 (property-based: hypothesis draws the values, huge and non-finite ones too), and paths that cannot be written."""
 
-import contextlib
 import errno
-import io
 import math
 import os
 import re
-import sys
 
 import pytest
-from helpers import assert_usage_error, run_cli, step_model
+from helpers import assert_usage_error, cli_in_process, run_cli, step_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import cli
 from toolkit.files import UsageError
 from toolkit.sampling.batch import sample_batch
 from toolkit.sampling.config import SampleConfig, parse_temperatures, sampling_config
@@ -71,20 +67,6 @@ def test_any_temperature_text_is_a_config_or_one_line(text):
     assert all(t == 0 or 0.01 <= t < math.inf for t in config.temperatures)
 
 
-def cli_sample(*args: str) -> tuple[int, str]:
-    """`cli.py sample-batch` in this process: exit status and stderr."""
-    stderr = io.StringIO()
-    argv, sys.argv = sys.argv, ["cli.py", "sample-batch", *args]
-    try:
-        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-            cli.main()
-    except SystemExit as e:
-        return int(e.code or 0), stderr.getvalue()
-    finally:
-        sys.argv = argv
-    return 0, stderr.getvalue()
-
-
 FLAGS = {"n": "--n", "max_len": "--max-len", "seed": "--seed", "top_k": "--top-k", "top_p": "--top-p",
          "min_p": "--min-p", "presence_penalty": "--presence-penalty", "frequency_penalty": "--frequency-penalty"}
 
@@ -94,8 +76,8 @@ FLAGS = {"n": "--n", "max_len": "--max-len", "seed": "--seed", "top_k": "--top-k
 def test_any_typed_value_is_one_line_and_exit_2(tmp_path, name, data):
     """Through the CLI's parser: a value in range gets past the flags (and stops at the missing model)."""
     value = data.draw(OPTIONS[name])
-    code, stderr = cli_sample("--model", str(tmp_path / "missing.onnx"), "--out", str(tmp_path / "s"), FLAGS[name],
-                              repr(value))
+    code, stderr = cli_in_process("sample-batch", "--model", str(tmp_path / "missing.onnx"), "--out",
+                                  str(tmp_path / "s"), FLAGS[name], repr(value))
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert ("does not exist" if valid(name, value) else FLAGS[name]) in lines[0], lines[0]

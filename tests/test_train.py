@@ -15,6 +15,7 @@ import onnx
 import pytest
 from helpers import ROOT, assert_usage_error, run_cli
 
+import toolkit.files
 import toolkit.rundir
 import toolkit.train
 from exporters.onnx import build_step_graph, export, max_logit_difference, read_weights
@@ -181,17 +182,20 @@ def copy_run(old_run, tmp_path):
     return tmp_path / "run"
 
 
-# --- item 2: every cell, depth and input trains, samples, exports and samples again on ONNX ---------------------
+# --- item 2: every cell, depth, input and head trains, samples, exports and samples again on ONNX -----------
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("layers", [1, 2])
-@pytest.mark.parametrize("embedding_dim", [0, 4])
-def test_every_architecture_trains_exports_and_samples_on_onnx(titles_csv, tmp_path, cell, layers, embedding_dim):
+@pytest.mark.parametrize("options", [{"embedding_dim": 0}, {"embedding_dim": 4},
+                                     {"embedding_dim": 4, "tie": True, "weight_drop": 0.3}],
+                         ids=["one-hot", "embedding", "tied+weight-drop"])
+def test_every_architecture_trains_exports_and_samples_on_onnx(titles_csv, tmp_path, cell, layers, options):
     logs: list[str] = []
-    config = tiny(titles_csv, cell=cell, layers=layers, embedding_dim=embedding_dim)
+    config = tiny(titles_csv, cell=cell, layers=layers, **options)
     history = train(config, tmp_path / "run", verbose=0, log=logs.append)
     assert [row["epoch"] for row in history] == [1]
     assert sum(line.strip().startswith("T=") for line in logs) == 6  # the epoch's samples ran (GRU crashed here)
+    assert any("bits/char" in line and "characters/s" in line for line in logs)  # and its summary
     result = export(tmp_path / "run")  # verified against Keras on export
     assert result.max_abs_diff <= 1e-4
     config = SampleConfig((0.0, 1.0), n=4, max_len=40, seed=1)
@@ -259,7 +263,7 @@ def test_a_run_that_appears_while_training_is_never_replaced_unasked(old_run, ti
             train(tiny(titles_csv, seed=9), out, overwrite=overwrite, verbose=0, log=lambda _: None)
     finally:
         for handle in handles:
-            handle.close()
+            toolkit.files.unlock(handle)
     assert snapshot(out) == snapshot(old_run) and siblings(out) == []
 
 
@@ -296,6 +300,7 @@ def test_non_finite_weights_after_the_last_batch_are_never_saved(titles_csv, tmp
 SABOTAGED_CLI = """
 import runpy, sys
 import numpy as np
+import toolkit.files
 import toolkit.rundir
 import toolkit.train
 

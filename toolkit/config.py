@@ -17,9 +17,10 @@ CELLS = ("lstm", "gru")
 # recurrent weights (3 GiB with Adam's state). Past them sizes overflow TensorFlow's int32 shapes or any memory.
 INT_LIMITS = {"seq_len": (1, 16_384), "layers": (1, 16), "units": (1, 8_192), "embedding_dim": (0, 8_192),
               "epochs": (1, 100_000), "batch_size": (1, 65_536), "seed": (0, 2**32 - 1)}  # seed: numpy's range
-# name: (low, high, low excluded, high excluded, as the error says it). A dropout of 1 would drop everything; an
-# Adam learning rate above 1 only diverges.
-FLOAT_LIMITS = {"val_fraction": (0.0, 1.0, True, True, "(0, 1)"), "dropout": (0.0, 1.0, False, True, "[0, 1)"),
+# name: (low, high, low excluded, high excluded, as the error says it). An Adam learning rate above 1 only diverges.
+FLOAT_LIMITS = {"val_fraction": (0.0, 1.0, True, True, "(0, 1), both excluded"),
+                "dropout": (0.0, 1.0, False, True, "[0, 1): 1 would drop everything"),
+                "weight_drop": (0.0, 1.0, False, True, "[0, 1): 1 would drop everything"),
                 "lr": (0.0, 1.0, True, False, "(0, 1]")}
 
 
@@ -38,7 +39,9 @@ class TrainConfig:
     layers: int = 1
     units: int = 256
     embedding_dim: int = 64  # 0: one-hot input, as in the notebook
+    tie: bool = False  # the logits through the input embedding (weight tying)
     dropout: float = 0.1
+    weight_drop: float = 0.0  # DropConnect on each recurrent matrix, one mask a batch
     epochs: int = 15
     batch_size: int = 64
     lr: float = 3e-3  # peak: cosine decay to a tenth over the epochs
@@ -51,6 +54,9 @@ class TrainConfig:
             (isinstance(self.data, str) and self.data != "", f"--data must name a source, not {self.data!r}"),
             (self.val_data is None or isinstance(self.val_data, str), f"--val-data must be a path, not "
                                                                       f"{self.val_data!r}"),
+            (isinstance(self.tie, bool), f"--tie must be true or false, not {self.tie!r}"),
+            (not self.tie or self.embedding_dim != 0, "--tie needs an embedding (--embedding-dim above 0): one-hot "
+                                                      "input has no vectors to share"),
         ]
         for name, (low, high) in INT_LIMITS.items():
             value = getattr(self, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import os
 import queue
@@ -87,7 +88,7 @@ def sample_batch(model: str | Path, out: str | Path, config: SampleConfig, *, de
         with sample_writer(out / f"samples.{fmt}", fmt, config, step.spec.vocab) as write, \
                 ThreadPoolExecutor(workers, thread_name_prefix="engine") as pool:
             pending: collections.deque = collections.deque()
-            for first in [*range(0, config.rows, batch_size), None]:  # None: take what is still pending
+            for first in itertools.chain(range(0, config.rows, batch_size), [None]):  # None: take what is pending
                 if first is not None:
                     rows = np.arange(first, min(first + batch_size, config.rows))
                     pending.append((rows, pool.submit(generate, rows)))

@@ -22,6 +22,7 @@ from toolkit.files import UsageError
 from toolkit.sampling import contract
 from toolkit.sampling.config import SampleConfig
 from toolkit.sampling.draw import counters
+from toolkit.sampling.graph import make_model
 from toolkit.sampling.head import (
     COUNTER,
     DONE,
@@ -135,6 +136,8 @@ class Engine:
         """
         try:
             return self._generate(np.asarray(rows, np.int64))
+        except UsageError:  # the model's fault (non-finite logits), not the graphs'
+            raise
         except Exception as e:  # onnxruntime's errors are untyped; without graphs any error raises again below
             if not self.cuda_graph:
                 raise
@@ -249,10 +252,7 @@ def _select_graph(spec: contract.StepSpec, tensors: list[Tensor]) -> onnx.ModelP
         outputs.append(helper.make_tensor_value_info(contract.out(t.name), kind, t.shape(spec, "kept", 0, "prompt")))
         nodes.append(helper.make_node("Identity", [t.name], [contract.out(t.name)]) if t.row_axis is None else
                      helper.make_node("Gather", [t.name, "keep"], [contract.out(t.name)], axis=t.row_axis))
-    model = helper.make_model(helper.make_graph(nodes, "select_rows", inputs, outputs),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = helper.find_min_ir_version_for(model.opset_import)
-    return model
+    return make_model(helper.make_graph(nodes, "select_rows", inputs, outputs))
 
 
 def _start_graph(tensors: list[Tensor]) -> onnx.ModelProto:
@@ -265,7 +265,4 @@ def _start_graph(tensors: list[Tensor]) -> onnx.ModelProto:
         outputs.append(helper.make_tensor_value_info(contract.out(t.name), kind, None))
         nodes.append(helper.make_node("ConstantOfShape", [t.name], [contract.out(t.name)],
                                       value=onnx.numpy_helper.from_array(start)))
-    model = helper.make_model(helper.make_graph(nodes, "start_rows", inputs, outputs),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = helper.find_min_ir_version_for(model.opset_import)
-    return model
+    return make_model(helper.make_graph(nodes, "start_rows", inputs, outputs))

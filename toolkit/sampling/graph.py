@@ -42,3 +42,10 @@ class Graph:
             return self.op(op, x, self.const(f"{op.lower()}_axis_{len(self.initializers)}", [axis], np.int64),
                            keepdims=int(keepdims))
         return self.op(op, x, axes=[axis], keepdims=int(keepdims))
+
+
+def make_model(graph: onnx.GraphProto, opset: int = 17, **kwargs) -> onnx.ModelProto:
+    """A model of `graph` whose IR version is the oldest that reads `opset`, so older runtimes load it too."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], **kwargs)
+    model.ir_version = helper.find_min_ir_version_for(model.opset_import)
+    return model

@@ -32,7 +32,7 @@ from onnx import TensorProto, helper
 from toolkit.sampling import contract
 from toolkit.sampling.config import SampleConfig
 from toolkit.sampling.draw import draw_onnx, log_prob_onnx, squares_key, uniforms_onnx
-from toolkit.sampling.graph import Graph
+from toolkit.sampling.graph import Graph, make_model
 from toolkit.sampling.processors import Ban, Rows
 from toolkit.vocab import EOS
 
@@ -85,9 +85,7 @@ def uniform_graph(config: SampleConfig, history: int, opset: int = 17) -> onnx.M
         helper.make_tensor_value_info(COUNTER, TensorProto.UINT64, ["batch"]),
         helper.make_tensor_value_info("first_step", TensorProto.INT64, [])],
         [helper.make_tensor_value_info(UNIFORM, TensorProto.FLOAT, [history, "batch"])], g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = helper.find_min_ir_version_for(model.opset_import)
-    return model
+    return make_model(graph, opset)
 
 
 def compose(step: onnx.ModelProto, spec: contract.StepSpec, config: SampleConfig, history: int) -> onnx.ModelProto:

@@ -4,6 +4,8 @@ and one-step execution for checks and scoring. Needs numpy and onnxruntime only.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +61,9 @@ def session(model: onnx.ModelProto, device: str = "auto", *, tf32: bool = False,
     ort.set_default_logger_severity(4)  # a CUDA library that fails to load is reported below, in one line
     providers: list = [CPU]
     if device != "cpu" and CUDA in ort.get_available_providers():
-        if hasattr(ort, "preload_dlls"):
-            ort.preload_dlls()
+        if hasattr(ort, "preload_dlls"):  # the CUDA libraries a pip-installed PyTorch brings, where they are
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints each library it cannot find
+                ort.preload_dlls()
         options = {"use_tf32": str(int(tf32)), "enable_cuda_graph": str(int(cuda_graph))}
         providers = [(CUDA, options), CPU]
     data = model.SerializeToString()
