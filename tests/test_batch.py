@@ -175,6 +175,110 @@ def test_any_number_of_cpu_engines_writes_the_same_file_in_order(model, tmp_path
     assert one.drop(columns="logprob").equals(many.drop(columns="logprob"))
 
 
+def test_run_json_names_each_sampling_setting_as_the_library_does(model, tmp_path):
+    """run.json's `sampling` (shown in the report's Runs table) holds every SampleConfig field under its name."""
+    import dataclasses
+
+    config = sampling_config((0.5, 1.0), n=3, prompts=("ab",), max_len=20, seed=9, top_p=0.9)
+    sample_batch(model, tmp_path, config, device="cpu")
+    recorded = json.loads((tmp_path / "run.json").read_text())["sampling"]
+    assert set(recorded) == {f.name for f in dataclasses.fields(SampleConfig)}
+    assert [recorded[k] for k in ("temperatures", "n", "prompts", "max_len", "seed")] == [[0.5, 1.0], 3, ["ab"], 20, 9]
+
+
+def test_whole_number_temperatures_are_written_as_temperatures(model, tmp_path):
+    """A library caller's (0, 1) gives the same float column as the CLI's 0.0,1.0: runs compare and concatenate."""
+    sample_batch(model, tmp_path / "ints", SampleConfig((0, 1), n=3), device="cpu", fmt="parquet")
+    sample_batch(model, tmp_path / "floats", SampleConfig((0.0, 1.0), n=3), device="cpu", fmt="parquet")
+    ints, floats = read(tmp_path / "ints", "parquet"), read(tmp_path / "floats", "parquet")
+    assert ints["temperature"].dtype == np.float64 and ints.equals(floats)
+
+
+def test_the_samples_schema_is_the_same_whatever_the_seed(model, tmp_path):
+    """Seeds span 0 to 2^64 - 1: the seed column is unsigned 64-bit for every run, so runs concatenate."""
+    import pyarrow.parquet as pq
+
+    schemas = []
+    for seed in (0, 2**64 - 1):
+        sample_batch(model, tmp_path / str(seed), SampleConfig((1.0,), n=3, seed=seed), device="cpu", fmt="parquet")
+        schemas.append(pq.read_schema(tmp_path / str(seed) / "samples.parquet").remove_metadata())
+    assert schemas[0] == schemas[1] and str(schemas[0].field("seed").type) == "uint64"
+    assert read(tmp_path / str(2**64 - 1), "parquet")["seed"].tolist() == [2**64 - 1] * 3
+
+
+def test_run_json_records_what_the_run_was(model, tmp_path):
+    import time
+
+    config = SampleConfig((1.0,), n=20, max_len=30, seed=4)
+    started = time.perf_counter()
+    run = sample_batch(model, tmp_path, config, batch_size=7)  # the default device: auto, CPU here
+    elapsed = time.perf_counter() - started
+    recorded = json.loads((tmp_path / "run.json").read_text())
+    assert {k: recorded[k] for k in ("model", "provider", "tf32", "cuda_graph", "cuda_graph_error", "batch_size",
+                                     "sync_every", "format", "rows")} == {
+        "model": str(model), "provider": "CPUExecutionProvider", "tf32": False, "cuda_graph": False,
+        "cuda_graph_error": None, "batch_size": 7, "sync_every": 8, "format": "csv", "rows": 20}
+    assert recorded["characters"] == run.characters == read(tmp_path)["length"].sum()
+    assert 0 < recorded["seconds"] <= elapsed
+    assert recorded["chars_per_second"] == pytest.approx(run.characters / run.seconds)
+    assert (recorded["data_fingerprint"], recorded["precision"], recorded["reference_bpc"]) == (
+        "fingerprint", "float32", None)  # step_model's spec; no titles, no reference figure
+
+
+def test_progress_is_reported_after_each_chunk_in_order(model, tmp_path):
+    calls = []
+    run = sample_batch(model, tmp_path, SampleConfig((1.0,), n=20, max_len=30), device="cpu", batch_size=7,
+                       progress=lambda rows, characters: calls.append((rows, characters)))
+    assert [rows for rows, _ in calls] == [7, 14, 20]
+    assert [c for _, c in calls] == sorted(c for _, c in calls) and calls[-1][1] == run.characters > calls[0][1]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2**24])
+def test_batch_size_holds_its_range_to_the_last_value(model, tmp_path, batch_size):
+    from toolkit.sampling.batch import MAX_CHUNK_ROWS
+
+    assert batch_size in (1, MAX_CHUNK_ROWS)
+    sample_batch(model, tmp_path, SampleConfig((1.0,), n=3, max_len=10), device="cpu", batch_size=batch_size)
+    with pytest.raises(UsageError, match=f"--batch-size must be an integer from 1 to {MAX_CHUNK_ROWS:,}"):
+        sample_batch(model, tmp_path / "x", SampleConfig((1.0,)), device="cpu",
+                     batch_size=batch_size - 1 if batch_size == 1 else batch_size + 1)
+
+
+def test_cpu_cores_are_those_this_process_may_run_on():
+    """sample-batch runs an engine per core it may use (`taskset` limits them), not per core of the machine."""
+    import os
+
+    from toolkit.sampling.batch import cpu_cores
+
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})
+        assert cpu_cores() == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert cpu_cores() == len(allowed)
+
+
+@pytest.mark.parametrize("cores, threads", [(1, [None]), (3, [1, 1, 1])])
+def test_several_cpu_engines_run_on_one_thread_each(model, tmp_path, monkeypatch, cores, threads):
+    """One engine per core, each on one onnxruntime thread (more would oversubscribe the cores); a single engine
+    keeps onnxruntime's own threading."""
+    import toolkit.sampling.batch as batch
+
+    made = []
+
+    class Recorded(batch.Engine):
+        def __init__(self, *args, threads=None, **kwargs):
+            made.append(threads)
+            super().__init__(*args, threads=threads, **kwargs)
+
+    monkeypatch.setattr(batch, "cpu_cores", lambda: cores)
+    monkeypatch.setattr(batch, "Engine", Recorded)
+    sample_batch(model, tmp_path, SampleConfig((1.0,), n=6, max_len=10), device="cpu", sync_every=4)
+    assert made == threads
+    assert json.loads((tmp_path / "run.json").read_text())["sync_every"] == 4
+
+
 def test_memory_is_bounded_by_the_chunk_whatever_n(model, tmp_path):
     """A run of 3 * 10^9 rows: after its first chunks, Python has allocated megabytes, not gigabytes."""
     import tracemalloc

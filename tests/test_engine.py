@@ -128,6 +128,8 @@ def test_a_model_with_non_finite_logits_is_refused(tmp_path):
 def test_prompts_with_unknown_characters_are_refused(lstm):
     with pytest.raises(UsageError, match="'Z'"):
         Engine(lstm, SampleConfig((1.0,), prompts=("Zed",)))
+    with pytest.raises(UsageError, match="^prompt 'Zed' has"):  # which input holds them: the prompt
+        Engine(lstm, SampleConfig((1.0,), prompts=("ab", "Zed")))
 
 
 @pytest.mark.parametrize("changes, parameter", [
@@ -179,3 +181,56 @@ def test_a_blocks_uniforms_are_those_of_each_of_its_steps():
     counter = counters(np.array([0, 5, 10**9]))
     block = model.run(None, {"counter": counter, "first_step": np.array(16, np.int64)})[0]
     assert np.array_equal(block, np.stack([uniforms(squares_key(123), counter, 16 + j) for j in range(8)]))
+
+
+def test_the_reference_loop_gives_ids_the_vocabulary_decodes(lstm):
+    """Training prints its per-epoch samples from the reference loop through `decode_rows`."""
+    config = SampleConfig((1.0,), n=6, max_len=20, seed=1)
+    batch = generate(lstm, config, np.arange(6), [[]])
+    texts = lstm.spec.vocab.decode_rows(batch.ids).tolist()
+    assert texts == [lstm.spec.vocab.decode(row) for row in Engine(lstm, config).generate(np.arange(6)).ids]
+
+
+def test_a_model_with_non_finite_logits_is_named(tmp_path):
+    path = step_model(tmp_path / "nan.onnx", bias={7: np.nan})
+    with pytest.raises(UsageError, match=f"^{path} gives non-finite logits"):
+        Engine(OnnxStep(path, "cpu"), SampleConfig((1.0,), n=4, max_len=10)).generate(np.arange(4))
+
+
+@pytest.mark.parametrize("opset", [13, 18, 26])
+def test_models_of_every_opset_the_exporter_writes_sample_as_the_reference(opset, tmp_path):
+    """The head is written in the model's own opset (ReduceMax and ReduceSum change form at 13 and 18)."""
+    step = OnnxStep(step_model(tmp_path / "m.onnx", opset=opset, bias={EOS: 1.0}), "cpu")
+    config = sampling_config((0.0, 1.0), n=10, max_len=20, seed=4, min_p=0.1, presence_penalty=0.5)
+    rows = np.arange(config.rows)
+    assert np.array_equal(Engine(step, config).generate(rows).ids, generate(step, config, rows, [[]]).ids)
+
+
+def test_a_vocabulary_beyond_256_ids_keeps_every_id(tmp_path):
+    """The history tensor holds ids in one byte only while they fit: 257 ids need more."""
+    chars = tuple(chr(c) for c in range(0x100, 0x100 + 253))  # 4 reserved ids + 253 characters = 257
+    step = OnnxStep(step_model(tmp_path / "m.onnx", chars=chars, bias={256: 3.0, 255: 2.0}), "cpu")
+    config = sampling_config((1.0,), n=20, max_len=15, seed=2)
+    batch = Engine(step, config).generate(np.arange(20))
+    assert (batch.ids == 256).any() and np.array_equal(batch.ids, generate(step, config, np.arange(20), [[]]).ids)
+
+
+@pytest.mark.parametrize("options", [{"sync_every": -1}, {"shrink": 1.0}, {"shrink": 1.5}, {"shrink": -0.5}])
+def test_engine_settings_out_of_range_are_refused(lstm, options):
+    with pytest.raises(UsageError, match=r"^sync_every must be positive and shrink in \(0, 1\), not "):
+        Engine(lstm, SampleConfig((1.0,), n=4, max_len=10), **options)
+
+
+def test_an_engine_on_cpu_uses_its_threads_and_no_cuda_graphs_and_writes_no_files(lstm, tmp_path, monkeypatch):
+    """What run.json reports (provider, cuda_graph, its error) and what a CPU worker of sample-batch relies on:
+    one thread per engine, whatever asked for CUDA graphs."""
+    monkeypatch.chdir(tmp_path)
+    config = SampleConfig((1.0,), n=4, max_len=10)
+    for options in ({}, {"cuda_graph": True}):
+        engine = Engine(lstm, config, threads=1, **options)
+        engine.generate(np.arange(4))
+        assert (engine.device, engine.provider, engine.cuda_graph, engine.cuda_graph_error) == \
+            ("cpu", "CPUExecutionProvider", False, None)
+        sessions = (engine.session, engine.selector, engine.uniformer, engine.starter)
+        assert [s.get_session_options().intra_op_num_threads for s in sessions] == [1] * 4
+    assert list(tmp_path.iterdir()) == []

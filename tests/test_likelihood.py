@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import CHARS, step_model
 
-from toolkit.sampling.likelihood import log_likelihood
+from toolkit.sampling.likelihood import bits_per_character, log_likelihood, log_softmax
 from toolkit.sampling.runtime import OnnxStep
 from toolkit.vocab import BOS, EOS, Vocab
 
@@ -65,3 +65,55 @@ def test_bits_per_character_of_the_validation_titles_equal_the_training_loss(tin
     bpc = -nats.sum() / math.log(2) / sum(len(t) + 1 for t in val)
     best = min(row["val_bpc"] for row in read_history(tiny_run))
     assert bpc == pytest.approx(best, rel=1e-4)
+
+
+def test_bits_per_character_of_a_model_that_knows_nothing_are_log2_of_the_vocabulary(tmp_path):
+    """All weights zero: every id, <eos> included, has probability 1 / vocabulary size at every step."""
+    step = OnnxStep(step_model(tmp_path / "zero.onnx", scale=0.0), "cpu")
+    assert bits_per_character(step, TOY_VOCAB, ["abc", "j", "", "hello there"]) == pytest.approx(
+        math.log2(TOY_VOCAB.size), rel=1e-6)
+    assert math.isnan(bits_per_character(step, TOY_VOCAB, []))
+
+
+def test_log_softmax_normalises_each_row_on_its_own():
+    rows = np.array([[0.0, 1.0, 2.0], [1000.0, 1001.0, 1002.0], [-1000.0, -999.0, -998.0]], np.float32)
+    expected = np.array([0.0, 1.0, 2.0]) - math.log(1 + math.e + math.e**2)
+    np.testing.assert_allclose(log_softmax(rows), np.tile(expected, (3, 1)), rtol=1e-12)
+
+
+def test_scores_keep_the_digits_of_float64(toy):
+    """A title's ~50 log-probabilities are summed in float64, as the one-at-a-time definition sums them."""
+    rng = np.random.default_rng(1)
+    texts = ["".join(rng.choice(list("abcdefgh "), rng.integers(20, 60))) for _ in range(20)]
+    expected = [one_at_a_time(toy, TOY_VOCAB, t) for t in texts]
+    np.testing.assert_allclose(log_likelihood(toy, TOY_VOCAB, texts), expected, rtol=1e-10)
+
+
+class CountingStep:
+    """A step that counts its chunks (one initial state each) and the rows it runs, step by step."""
+
+    def __init__(self, step):
+        self.step, self.chunks, self.rows = step, 0, 0
+
+    def initial_state(self, rows):
+        self.chunks += 1
+        return self.step.initial_state(rows)
+
+    def __call__(self, tokens, state):
+        self.rows += tokens.size
+        return self.step(tokens, state)
+
+    def select(self, state, rows):
+        return self.step.select(state, rows)
+
+
+def test_each_text_is_read_once_and_ended_texts_leave_the_batch(toy):
+    """43 texts of very different lengths in chunks of 10: five chunks, and the model runs on about as many rows
+    as there are characters to score (ended rows are dropped once an eighth of a chunk has ended)."""
+    rng = np.random.default_rng(2)
+    texts = ["".join(rng.choice(list("abc"), n)) for n in rng.integers(0, 80, 42)] + ["a" * 200]
+    counting = CountingStep(toy)
+    np.testing.assert_allclose(log_likelihood(counting, TOY_VOCAB, texts, batch_size=10),
+                               log_likelihood(toy, TOY_VOCAB, texts), rtol=1e-9)
+    scored = sum(len(t) + 1 for t in texts)
+    assert counting.chunks == 5 and counting.rows <= 8 / 7 * scored + 10 * 5

@@ -227,3 +227,62 @@ def test_near_copies_are_searched_in_at_most_the_cap_per_group(monkeypatch):
     t = table({1.0: ["a b c d"] * 10, 2.0: ["x y z"] * 2}, val=["a b c d", "q"])  # size 2: 5, 1 and 1 subsamples
     assert len(searched) == 3 + 2 + 2  # one text in each of T=1's subsamples (3 of 10), both texts elsewhere
     assert t.loc["T=1", "near_copy_rate"] == 1 and t.loc["T=2", "near_copy_rate"] == 1
+
+
+def test_zipf_counts_only_the_words_a_group_holds():
+    """Groups share one word numbering; a group's fit runs over its own words, and two distinct words suffice."""
+    rng = np.random.default_rng(5)
+    texts = [" ".join(f"w{int(x)}" for x in rng.zipf(1.6, size=6) if x < 300) or "w1" for _ in range(100)]
+    val = [" ".join(f"v{int(x)}" for x in rng.zipf(1.3, size=6) if x < 300) or "v1" for _ in range(100)]
+    frequencies = sorted(Counter(w for t in texts for w in words(t)).values(), reverse=True)
+    fit = linregress(np.log(np.arange(1, len(frequencies) + 1)), np.log(frequencies))
+    assert table({1.0: texts}, val=val).loc["T=1", "zipf"] == pytest.approx(-fit.slope)
+    two = table({1.0: ["a b a", "a a", "b a"]}, val=["x y z"] * 3).loc["T=1", "zipf"]  # a 5 times, b twice
+    assert two == pytest.approx(-(math.log(2) - math.log(5)) / math.log(2))
+
+
+@pytest.mark.parametrize("name, values, size, expected", [
+    ("finished_rate", [0.6, *np.linspace(0.4, 0.8, 101)], 4, (0.6, 0.41, 0.79)),  # half of 4: no rescaling
+    ("finished_rate", [0.6, *np.linspace(0.4, 0.8, 101)], 5,  # 2 of 5 drawn: spread times sqrt(2 / 3)
+     (0.6, 0.6 - 0.19 * math.sqrt(2 / 3), 0.6 + 0.19 * math.sqrt(2 / 3))),
+    ("zipf", [1.5, *np.linspace(0.5, 2.5, 101)], 4, (1.5, 0.55, 2.45)),  # unbounded above 1
+    ("finished_rate", [0.9, *np.linspace(0.7, 1.1, 101)], 4, (0.9, 0.71, 1.0)),  # a rate stops at 1
+    ("js_words", [0.2, 0.3, 0.4], 4, (0.3, 0.205, 0.395)),  # a distance: all replicates, their mean
+    ("finished_rate", [0.5, 0.4, 0.6], 2, (0.5, 0.405, 0.595)),  # two replicates of one text each
+    ("finished_rate", [0.5, 0.4, 0.6], 1, (0.5, math.nan, math.nan))])  # one text: no half to draw
+def test_intervals_by_hand(name, values, size, expected):
+    """Estimate, then the 2.5% and 97.5% quantiles of the replicates centred on their mean, scaled by
+    sqrt(h / (m - h)) for h = m // 2 of m texts, clipped to the metric's range."""
+    from eval.metrics import _interval
+
+    np.testing.assert_allclose(_interval(name, np.array(values), size), expected, rtol=1e-9)
+
+
+def test_the_interval_of_a_mean_is_the_textbook_one():
+    """400 texts: the bootstrap interval of the mean length is about the normal one, 1.96 sd / sqrt(n) each side."""
+    rng = np.random.default_rng(6)
+    texts = ["x" * int(n) for n in rng.integers(1, 80, 400)]
+    m = table({1.0: texts}, val=texts).loc["T=1"]
+    half_width = (m["mean_length_hi"] - m["mean_length_lo"]) / 2
+    assert half_width == pytest.approx(1.96 * np.std([len(t) for t in texts]) / math.sqrt(400), rel=0.2)
+
+
+def test_groups_come_in_temperature_order_whatever_the_file_order():
+    samples = pd.DataFrame({"temperature": [2.0, 0.5, 1.0, 2.0, 0.5, 1.0], "text": list("abcdef"),
+                            "finished": True})
+    t = metrics_table(samples, TRAIN, ["x", "y"])
+    assert t["group"].tolist() == ["T=0.5", "T=1", "T=2", "reference"]
+    assert t["temperature"].dtype == np.float64 and t["temperature"].tolist()[:3] == [0.5, 1.0, 2.0]
+    assert math.isnan(t["temperature"].iloc[3])
+
+
+def test_copy_rate_is_one_minus_novelty_interval_included():
+    rng = random.Random(2)
+    t = table({1.0: [rng.choice(TRAIN + ["new text", "other"]) for _ in range(40)]}, val=VAL * 8).loc["T=1"]
+    assert t["copy_rate"] == pytest.approx(1 - t["novelty"]) and t["novelty_lo"] < t["novelty_hi"]
+    assert (t["copy_rate_lo"], t["copy_rate_hi"]) == pytest.approx((1 - t["novelty_hi"], 1 - t["novelty_lo"]))
+
+
+def test_the_smallest_size_is_one_text_a_subsample():
+    t = table({1.0: TEXTS}, size=1)
+    assert t["size"].tolist() == [1, 1] and t["subsamples"].tolist() == [5, 5]

@@ -203,3 +203,114 @@ def test_each_processors_draws_follow_its_exact_distribution(processor):
     support = exact > 0
     assert observed[~support].sum() == 0  # removed ids are never drawn
     assert stats.chisquare(observed[support], exact[support] * draws).pvalue > 1e-4, (observed, exact * draws)
+
+
+def test_the_key_is_splitmix64_made_odd():
+    """Keys are SplitMix64's outputs (its published sequence from seed 0: Vigna's splitmix64.c), low bit set as
+    Squares requires: a seed gives the same samples in every version, and any two seeds give two keys."""
+    golden = 0x9E3779B97F4A7C15
+    published = [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F, 0xF88BB8A8724C81EC]
+    assert [int(squares_key(i * golden % 2**64)) for i in range(4)] == [v | 1 for v in published]
+    keys = {int(squares_key(seed)) for seed in [*range(10_000), 2**64 - 1]}
+    assert len(keys) == 10_001 and all(k & 1 for k in keys)
+
+
+def test_a_row_is_drawn_and_scored_as_if_it_were_alone():
+    """A batch mixes rows of any scale (a temperature of 0.01 beside 1.8 multiplies logits by 180): each row's draw
+    and log-probability are those of the row alone, with nothing lost to underflow."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 3, (6, VOCAB)).astype(np.float32) * np.float32([[1], [100], [1], [1e-3], [300], [1]])
+    x[2] -= 500  # a row far below the others
+    u = rng.random(6).astype(np.float32)
+    ids = rng.integers(0, VOCAB, 6)
+    exact = np.exp(x.astype(np.float64) - x.max(axis=1, keepdims=True))  # the inverse CDF in float64
+    cdf = np.cumsum(exact, axis=1)
+    assert draw(x, u).tolist() == (cdf < u[:, None] * cdf[:, -1:]).sum(axis=1).tolist()
+    assert draw(x, u).tolist() == [int(draw(x[i:i + 1], u[i:i + 1])[0]) for i in range(6)]
+    alone = np.array([log_prob(x[i:i + 1], ids[i:i + 1])[0] for i in range(6)])
+    assert np.isfinite(alone).all() and np.array_equal(log_prob(x, ids), alone)
+
+
+def test_the_draw_takes_the_first_id_whose_running_probability_reaches_u():
+    """Four equal logits: the running probabilities are exactly 1/4, 1/2, 3/4, 1, so u on a boundary picks the
+    id that reaches it, in numpy and in the graph alike."""
+    x = np.zeros((5, 4), np.float32)
+    u = np.float32([2**-24, 0.25, 0.5, 0.5 + 2**-24, 1 - 2**-24])
+    expected = [0, 0, 1, 2, 3]
+    assert draw(x, u).tolist() == expected
+    got = run_graph(lambda g: draw_onnx(g, "x", "u"), {"x": x, "u": u})
+    assert got.tolist() == expected
+
+
+def test_the_draw_never_leaves_the_vocabulary_whatever_the_rounding():
+    """Probabilities that sum to a little less than 1 in float32, and the largest uniform there is: the draw is
+    still an id of the row, in numpy and in the graph."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(0, 4, (20_000, VOCAB)).astype(np.float32)
+    p = np.exp(x - x.max(axis=1, keepdims=True))
+    total = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)[:, -1]
+    x = x[total < np.float32(1)]
+    assert x.shape[0] > 100  # rows whose running total falls short of 1
+    u = np.full(x.shape[0], 1 - 2**-24, np.float32)  # the largest uniform: (2^23 - 1 + 0.5) * 2^-23
+    for ids in (draw(x, u), run_graph(lambda g: draw_onnx(g, "x", "u"), {"x": x, "u": u})):
+        assert ids.min() >= 0 and ids.max() < VOCAB
+
+
+@pytest.mark.parametrize("make, value, accepted", [
+    (TopK, 0, "positive integer"), (TopK, 2.5, "positive integer"), (TopP, 1.5, "(0, 1]"), (TopP, 0.0, "(0, 1]"),
+    (MinP, -0.1, "(0, 1]"), (MinP, 0, "(0, 1]"),
+    (lambda v: RepetitionPenalty(v, 0), 3, "[-2, 2]"), (lambda v: RepetitionPenalty(0, v), -2.5, "[-2, 2]")])
+def test_a_refusal_says_what_is_accepted_and_what_was_given(make, value, accepted):
+    """The CLI prints `error: FLAG REQUIREMENT, not VALUE` from these fields."""
+    with pytest.raises(InvalidParameter) as error:
+        make(value)
+    assert accepted in error.value.requirement and error.value.value == value
+    assert str(error.value).endswith(f"{accepted}, not {value!r}")
+
+
+@pytest.mark.parametrize("make, inside, outside", [
+    (TopK, 1, 0), (TopK, 2**31 - 1, 2**31), (TopP, 5e-324, 0.0), (TopP, 1.0, math.nextafter(1, 2)),
+    (MinP, 5e-324, 0.0), (MinP, 1.0, math.nextafter(1, 2)),
+    (lambda v: RepetitionPenalty(v, 0), 2.0, math.nextafter(2, 3)),
+    (lambda v: RepetitionPenalty(0, v), -2.0, math.nextafter(-2, -3))])
+def test_each_parameter_holds_its_range_to_the_last_value(make, inside, outside):
+    make(inside)
+    with pytest.raises(InvalidParameter):
+        make(outside)
+
+
+def test_top_k_keeps_the_k_largest_of_a_wide_vocabulary():
+    """Thousands of ids, as a character vocabulary of Chinese or Japanese text has."""
+    x = np.random.default_rng(7).normal(0, 1, (20, 5000)).astype(np.float32)
+    for k in (1, 7, 2500, 4999, 5000):
+        assert kept(TopK(k).numpy(x, no_rows(20))) == (x >= np.sort(x, axis=1)[:, -k, None]).tolist()
+
+
+def test_top_p_holds_at_the_lowest_temperature():
+    """At temperature 0.01 the logits are 100 times larger (here ~1000): the nucleus is still the likeliest id."""
+    x = Temperature().numpy(np.float32([[10, 9.5, 9, 0]]), Rows(np.float32([0.01])))
+    assert kept(TopP(0.9).numpy(x, no_rows())) == [[True, False, False, False]]
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18, 26])
+def test_a_whole_chain_in_the_graph_equals_the_reference_to_the_last_bit(opset):
+    """The graph and numpy run the same float32 operations in the same order, so the reference predicts the
+    engine's logits exactly on CPU."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(0, 3, (500, VOCAB)).astype(np.float32)
+    temperature = rng.choice(np.float32([0, 0.3, 1, 1.8]), 500)
+    counts = rng.integers(0, 4, (500, VOCAB)).astype(np.float32)
+    chain = [Ban(), RepetitionPenalty(0.4, -0.3), Temperature(), TopK(9), TopP(0.9), MinP(0.02)]
+
+    def build(g):
+        y = "x"
+        for p in chain:
+            y = p.onnx(g, y, GRAPH_ROWS)
+        return y
+
+    expected = x
+    for p in chain:
+        expected = p.numpy(expected, Rows(temperature, counts))
+    got = run_graph(build, {"x": x, "temperature": temperature, "counts": counts,
+                            "inverse": inverse_temperature(temperature)}, opset)
+    assert expected.dtype == np.float32 and np.array_equal(got, expected)

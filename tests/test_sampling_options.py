@@ -4,6 +4,7 @@
 import errno
 import math
 import os
+import re
 
 import pytest
 from helpers import assert_usage_error, cli_in_process, run_cli, step_model
@@ -13,6 +14,8 @@ from hypothesis import strategies as st
 from toolkit.files import UsageError
 from toolkit.sampling.batch import sample_batch
 from toolkit.sampling.config import SampleConfig, parse_temperatures, sampling_config
+from toolkit.sampling.draw import MAX_ROWS, MAX_STEPS
+from toolkit.sampling.processors import InvalidParameter, Temperature
 
 INTEGERS = st.one_of(st.integers(), st.integers(-(2**80), 2**80))
 NUMBERS = st.one_of(INTEGERS, st.floats())
@@ -125,3 +128,79 @@ def test_a_full_disk_leaves_no_half_written_samples(model, tmp_path, monkeypatch
     with pytest.raises(UsageError, match="No space left on device"):
         sample_batch(model, tmp_path / "s", SampleConfig((1.0,), n=5), device="cpu")
     assert sorted(p.name for p in (tmp_path / "s").iterdir() if not p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("changes, parameter, value, accepted", [
+    ({"temperatures": ()}, "temperatures", (), "1 to 1000 values"),
+    ({"temperatures": (1.0,) * 1001}, "temperatures", (1.0,) * 1001, "1 to 1000 values"),
+    ({"temperatures": (1.0, 0.005)}, "temperatures", 0.005, "at least 0.01"),
+    ({"n": 0}, "n", 0, f"integer from 1 to {MAX_ROWS // 3:,}"),
+    ({"max_len": 2**24}, "max_len", 2**24, f"from 1 to {2**24 - 1:,}"),
+    ({"seed": -1}, "seed", -1, "0 to 2^64 - 1"), ({"prompts": ()}, "prompts", (), "one or more strings"),
+    ({"prompts": ("a", 3)}, "prompts", ("a", 3), "one or more strings"),
+    ({"prompts": ("", "abc"), "max_len": 3}, "prompts", "abc", "shorter than max_len (3)"),
+    ({"processors": (Temperature(),) * 2}, "processors", (Temperature(),) * 2, "Temperature() exactly once")])
+def test_a_config_refusal_names_the_setting_the_range_and_the_value(changes, parameter, value, accepted):
+    """The CLI prints `error: FLAG REQUIREMENT, not VALUE` from these fields."""
+    with pytest.raises(InvalidParameter) as error:
+        SampleConfig(**changes)
+    assert error.value.parameter == parameter and error.value.value == value
+    assert accepted in error.value.requirement and str(error.value).endswith(f"{accepted}, not {value!r}")
+
+
+@pytest.mark.parametrize("field, inside, outside", [
+    ("temperatures", (1.0,) * 1000, (1.0,) * 1001), ("temperatures", (0.01,), (math.nextafter(0.01, 0),)),
+    ("n", 1, 0), ("max_len", 1, 0), ("max_len", MAX_STEPS, MAX_STEPS + 1), ("seed", 0, -1), ("seed", 2**64 - 1, 2**64)])
+def test_a_config_holds_each_range_to_its_last_value(field, inside, outside):
+    SampleConfig(**{field: inside})
+    with pytest.raises(InvalidParameter, match=field):
+        SampleConfig(**{field: outside})
+
+
+def test_the_largest_n_is_the_rows_a_run_can_number_over_its_temperatures():
+    """Rows are numbered in 40 bits: n times the temperatures fits, and the refusal states that largest n."""
+    SampleConfig((0.3, 1.0, 1.8), n=MAX_ROWS // 3)
+    with pytest.raises(InvalidParameter) as error:
+        SampleConfig((0.3, 1.0, 1.8), n=MAX_ROWS // 3 + 1)
+    assert error.value.requirement.endswith(f"from 1 to {MAX_ROWS // 3:,}")
+
+
+@pytest.mark.parametrize("changes", [{"temperatures": (True,)}, {"temperatures": ("1.0",)}, {"n": True},
+                                     {"n": 2.0}, {"max_len": True}, {"seed": True}, {"seed": 1.0},
+                                     {"prompts": (b"ab",)}])
+def test_a_config_takes_numbers_and_strings_not_look_alikes(changes):
+    with pytest.raises(InvalidParameter, match=next(iter(changes))):
+        SampleConfig(**changes)
+
+
+def test_both_ways_to_make_a_config_share_their_defaults():
+    assert sampling_config((0.3, 1.0, 1.8)) == SampleConfig()
+
+
+def test_a_range_may_hold_one_temperature_or_exactly_the_most_allowed():
+    assert parse_temperatures("0.5:0.5:0.1") == (0.5,)
+    assert sampling_config(parse_temperatures("1:1000:1")).temperatures == tuple(map(float, range(1, 1001)))
+
+
+@pytest.mark.parametrize("text", ["a,b", "", " , ", "1;2"])
+def test_a_temps_error_suggests_values_that_work(text):
+    with pytest.raises(UsageError) as error:
+        parse_temperatures(text)
+    examples = re.findall(r"--temps (\S+)", str(error.value).partition("e.g. ")[2])
+    assert examples and all(parse_temperatures(e) for e in examples)
+
+
+def test_a_full_disk_is_reported_in_the_systems_words(model, tmp_path, monkeypatch):
+    import toolkit.sampling.writer as writer
+
+    class Full:
+        def write_table(self, table):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(writer, "_open", lambda path, fmt, schema: Full())
+    with pytest.raises(UsageError) as error:
+        sample_batch(model, tmp_path / "s", SampleConfig((1.0,), n=5), device="cpu")
+    assert f"cannot write {tmp_path / 's' / 'samples.csv'}: No space left on device; " in str(error.value)

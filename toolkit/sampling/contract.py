@@ -77,7 +77,7 @@ def read_reference(spec: StepSpec) -> dict[str, list[str]]:
     """The run's titles the model carries: {"train_titles": [...], "val_titles": [...]}."""
     try:
         data = json.loads(lzma.decompress(spec.reference))
-        if not all(isinstance(data.get(k), list) for k in ("train_titles", "val_titles")):
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("train_titles", "val_titles")):
             raise ValueError("train_titles or val_titles missing")
     except (lzma.LZMAError, ValueError, TypeError) as e:
         raise UsageError(f"the model's reference titles are damaged ({e}); export the model again") from None

@@ -54,9 +54,7 @@ def _chunk(step: Step, ids: list[list[int]], targets: np.ndarray) -> np.ndarray:
     total = np.zeros(rows, np.float64)
     active = np.flatnonzero(targets > 0)  # rows still being read, as indices into the chunk
     state = step.initial_state(active.size)
-    for t in range(width):
-        if active.size == 0:
-            break
+    for t in range(width):  # the longest text is read to its end: some row is active at every step
         logits, state = step(inputs[active, t], state)
         scored = np.take_along_axis(log_softmax(logits), target[active, t, None], axis=1)[:, 0]
         total[active] += np.where(targets[active] > t, scored, 0.0)  # rows past their end wait to be dropped

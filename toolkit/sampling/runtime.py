@@ -47,7 +47,7 @@ class Model:
         return cls(path, proto, contract.StepSpec.from_metadata({p.key: p.value for p in proto.metadata_props}, path))
 
 
-def session(model: onnx.ModelProto | bytes, device: str = "auto", *, tf32: bool = False, cuda_graph: bool = False,
+def session(model: onnx.ModelProto, device: str = "auto", *, tf32: bool = False, cuda_graph: bool = False,
             profile: bool = False, threads: int | None = None):
     """An InferenceSession on `device`; auto takes CUDA only where onnxruntime really starts it.
 
@@ -66,7 +66,7 @@ def session(model: onnx.ModelProto | bytes, device: str = "auto", *, tf32: bool 
                 ort.preload_dlls()
         options = {"use_tf32": str(int(tf32)), "enable_cuda_graph": str(int(cuda_graph))}
         providers = [(CUDA, options), CPU]
-    data = model if isinstance(model, bytes) else model.SerializeToString()
+    data = model.SerializeToString()
     options = ort.SessionOptions()
     options.enable_profiling = profile
     if threads:
@@ -86,8 +86,8 @@ class OnnxStep:
     """The exported step as a `Step` (tokens, state) -> (logits, state) on numpy arrays: for the export check,
     scoring texts and parity tests. Sampling runs the composed graph in `toolkit.sampling.engine` instead."""
 
-    def __init__(self, model: Model | str | Path, device: str = "auto", tf32: bool = False):
-        self.model = model if isinstance(model, Model) else Model.load(model)
+    def __init__(self, model: str | Path, device: str = "auto", tf32: bool = False):
+        self.model = Model.load(model)
         self.spec = self.model.spec
         self.session, self.tf32 = session(self.model.proto, device, tf32=tf32), tf32
         self.provider = self.session.get_providers()[0]
