@@ -34,11 +34,12 @@ def _root() -> None:
     """Keep subcommands subcommands, even while the app has one."""
 
 
-def _opt(help_text: str, default: object = None, metavar: str | None = None) -> typer.Option:
+def _opt(help_text: str, default: object = None, metavar: str | None = None, *names: str) -> typer.Option:
     """An option whose parameter default is None (so a resumed run can tell a flag from a default) but whose
-    --help shows the real default, escaped: typer reads help as rich markup, where `[default: x]` is a tag."""
-    return typer.Option(help=f"{help_text} {escape(f'[default: {default}]')}" if default is not None else help_text,
-                        show_default=False, metavar=metavar)
+    --help shows the real default, escaped: typer reads help as rich markup, where `[default: x]` is a tag. `names`
+    spell the flag out where typer's derived name differs between its versions (one letter: `--n`)."""
+    return typer.Option(*names, help=f"{help_text} {escape(f'[default: {default}]')}" if default is not None else
+                        help_text, show_default=False, metavar=metavar)
 
 
 @app.command()
@@ -127,7 +128,7 @@ def export_onnx(
 def sample_batch(
     model: Annotated[Path, _opt("Exported .onnx file.", "runs/default/model.onnx", "FILE")] = Path(
         "runs/default/model.onnx"),
-    n: Annotated[int, _opt("Samples per temperature.", 1000, "N")] = 1000,
+    n: Annotated[int, _opt("Samples per temperature.", 1000, "N", "--n")] = 1000,
     temps: Annotated[str, _opt("Temperatures: a comma-separated list, or start:stop:step for a sweep (0 is greedy).",
                                "0.3,1.0,1.8", "LIST")] = "0.3,1.0,1.8",
     out: Annotated[Path, _opt("Directory for the samples, run.json and the reports.", "reports/default",
@@ -209,7 +210,7 @@ def pipeline(
     layers: Annotated[int | None, _opt("Stacked recurrent layers.", D.layers, "N")] = None,
     units: Annotated[int | None, _opt("Units per recurrent layer.", D.units, "N")] = None,
     embedding_dim: Annotated[int | None, _opt("Embedding size; 0 for one-hot.", D.embedding_dim, "N")] = None,
-    n: Annotated[int, _opt("Samples per temperature.", 1000, "N")] = 1000,
+    n: Annotated[int, _opt("Samples per temperature.", 1000, "N", "--n")] = 1000,
     temps: Annotated[str, _opt("Temperatures, as for `sample-batch --temps`.", "0.3,1.0,1.8", "LIST")] = "0.3,1.0,1.8",
     seed: Annotated[int, _opt("Seed of training and sampling.", 0, "N")] = 0,
     device: Annotated[str, _opt("Sampling device.", "auto", "auto|cuda|cpu")] = "auto",

@@ -211,7 +211,7 @@ def test_run_json_records_what_the_run_was(model, tmp_path):
 
     config = SampleConfig((1.0,), n=20, max_len=30, seed=4)
     started = time.perf_counter()
-    run = sample_batch(model, tmp_path, config, batch_size=7)  # the default device: auto, CPU here
+    run = sample_batch(model, tmp_path, config, device="cpu", batch_size=7)
     elapsed = time.perf_counter() - started
     recorded = json.loads((tmp_path / "run.json").read_text())
     assert {k: recorded[k] for k in ("model", "provider", "tf32", "cuda_graph", "cuda_graph_error", "batch_size",
