@@ -12,6 +12,7 @@ from toolkit.files import UsageError
 from toolkit.sampling.batch import sample_batch
 from toolkit.sampling.config import SampleConfig, sampling_config
 from toolkit.sampling.processors import InvalidParameter
+from toolkit.sampling.runtime import OnnxStep
 from toolkit.sampling.writer import COLUMNS
 
 
@@ -211,9 +212,12 @@ def test_run_json_records_what_the_run_was(model, tmp_path):
 
     config = SampleConfig((1.0,), n=20, max_len=30, seed=4)
     started = time.perf_counter()
-    run = sample_batch(model, tmp_path, config, device="cpu", batch_size=7)
+    run = sample_batch(model, tmp_path, config, batch_size=7)  # the default device: auto
     elapsed = time.perf_counter() - started
     recorded = json.loads((tmp_path / "run.json").read_text())
+    if recorded["provider"] != "CPUExecutionProvider":
+        assert recorded["provider"] == OnnxStep(model).provider == "CUDAExecutionProvider"
+        pytest.skip("auto chose CUDA here: the rest holds for CPU")
     assert {k: recorded[k] for k in ("model", "provider", "tf32", "cuda_graph", "cuda_graph_error", "batch_size",
                                      "sync_every", "format", "rows")} == {
         "model": str(model), "provider": "CPUExecutionProvider", "tf32": False, "cuda_graph": False,
@@ -259,7 +263,7 @@ def test_cpu_cores_are_those_this_process_may_run_on():
     assert cpu_cores() == len(allowed)
 
 
-@pytest.mark.parametrize("cores, threads", [(1, [None]), (3, [1, 1, 1])])
+@pytest.mark.parametrize("cores, threads", [(1, [None]), (2, [1, 1]), (3, [1, 1, 1])])
 def test_several_cpu_engines_run_on_one_thread_each(model, tmp_path, monkeypatch, cores, threads):
     """One engine per core, each on one onnxruntime thread (more would oversubscribe the cores); a single engine
     keeps onnxruntime's own threading."""
@@ -277,6 +281,29 @@ def test_several_cpu_engines_run_on_one_thread_each(model, tmp_path, monkeypatch
     sample_batch(model, tmp_path, SampleConfig((1.0,), n=6, max_len=10), device="cpu", sync_every=4)
     assert made == threads
     assert json.loads((tmp_path / "run.json").read_text())["sync_every"] == 4
+
+
+def test_cpu_engines_generate_their_chunks_side_by_side(model, tmp_path, monkeypatch):
+    """With two cores, two chunks are generated at once (each waits here until the other has started), and they
+    are still written in order."""
+    import threading
+
+    import toolkit.sampling.batch as batch
+
+    both_started = threading.Barrier(2, timeout=10)
+
+    class Meeting(batch.Engine):
+        def generate(self, rows):
+            if rows[0] < 8:  # the first two chunks
+                both_started.wait()  # BrokenBarrierError if the chunks ran one after the other
+            return super().generate(rows)
+
+    config = SampleConfig((1.0,), n=12, max_len=10, seed=2)
+    sample_batch(model, tmp_path / "alone", config, device="cpu", batch_size=12)
+    monkeypatch.setattr(batch, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(batch, "Engine", Meeting)
+    sample_batch(model, tmp_path / "pair", config, device="cpu", batch_size=4)
+    assert read(tmp_path / "pair").equals(read(tmp_path / "alone"))
 
 
 def test_memory_is_bounded_by_the_chunk_whatever_n(model, tmp_path):

@@ -163,7 +163,7 @@ class _Lean:
     """What the LSTM and GRU below add to Keras' layers: weight drop on the recurrent matrix (DropConnect, one mask
     a batch) and, where Keras has no fused kernel (no GPU), the lean loop in chains."""
 
-    def __init__(self, units: int, weight_drop: float = 0.0, **kwargs):
+    def __init__(self, units: int, weight_drop: float = 0.0, **kwargs):  # pragma: no mutate block (Keras inspects it)
         super().__init__(units, **kwargs)
         self.weight_drop = weight_drop
         self.weight_seed = keras.random.SeedGenerator(kwargs.get("seed"))
@@ -221,7 +221,7 @@ class TiedEmbedding(keras.layers.Layer):
     vector. Called on ids it embeds them; called with `logits=True` on the last layer's outputs [.., units] it
     gives (outputs @ projection) @ embeddings^T + bias, the projection taking units to the embedding size."""
 
-    def __init__(self, vocab_size: int, dim: int, units: int, **kwargs):
+    def __init__(self, vocab_size: int, dim: int, units: int, **kwargs):  # pragma: no mutate block (Keras inspects it)
         super().__init__(**kwargs)
         self.vocab_size, self.dim, self.units = vocab_size, dim, units
 
@@ -252,7 +252,7 @@ class BitsPerChar(keras.metrics.Metric):
     compressors report.
     """
 
-    def __init__(self, name: str = "bpc", **kwargs):
+    def __init__(self, name: str = "bpc", **kwargs):  # pragma: no mutate block (Keras inspects it)
         super().__init__(name=name, **kwargs)
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
