@@ -42,6 +42,11 @@ def _opt(help_text: str, default: object = None, metavar: str | None = None, *na
                         help_text, show_default=False, metavar=metavar)
 
 
+def _flag(help_text: str) -> typer.Option:
+    """A --x/--no-x flag, shown without typer's `<bool>` type label."""
+    return typer.Option(help=help_text, metavar="")
+
+
 @app.command()
 def train(
     out: Annotated[Path, typer.Option(help="Run directory: checkpoints, history, config, vocabulary.",
@@ -72,8 +77,8 @@ def train(
     lr: Annotated[float | None, _opt("Peak Adam learning rate, in (0, 1]; a cosine takes it to a tenth.", D.lr,
                                      "RATE")] = None,
     seed: Annotated[int | None, _opt("Random seed, 0 to 2**32 - 1.", D.seed, "N")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last completed epoch.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace the run in --out once the new run has completed an "
+    resume: Annotated[bool, _flag("Continue the run in --out from its last completed epoch.")] = False,
+    overwrite: Annotated[bool, _flag("Replace the run in --out once the new run has completed an "
                                                  "epoch (only a charlm run, and only one that holds nothing "
                                                  "else).")] = False,
 ) -> None:
@@ -112,7 +117,7 @@ def export_onnx(
     checkpoint: Annotated[str, _opt("best (lowest validation bits per character) or last.", "best",
                                     "best|last")] = "best",
     opset: Annotated[int, _opt("ONNX opset, 13 to 26.", 17, "N")] = 17,
-    fp16: Annotated[bool, typer.Option(help="Half-precision weights for GPUs; float32 at the boundary.")] = False,
+    fp16: Annotated[bool, _flag("Half-precision weights for GPUs; float32 at the boundary.")] = False,
 ) -> None:
     """Export one step of the model to ONNX, verified against Keras; writes MODEL.onnx and MODEL.verify.json."""
     from exporters.onnx import check_arguments, export
@@ -149,11 +154,11 @@ def sample_batch(
                                              "-2 to 2.", 0.0, "X")] = 0.0,
     seed: Annotated[int, _opt("Same seed, same samples, whatever --batch-size.", 0, "N")] = 0,
     device: Annotated[str, _opt("auto uses CUDA when it really works.", "auto", "auto|cuda|cpu")] = "auto",
-    tf32: Annotated[bool, typer.Option(help="Allow TF32 matrix products on CUDA: faster, logits within ~1e-2 of CPU "
+    tf32: Annotated[bool, _flag("Allow TF32 matrix products on CUDA: faster, logits within ~1e-2 of CPU "
                                             "instead of ~1e-5.")] = False,
     fmt: Annotated[str, typer.Option("--format", help=f"Parquet for millions of rows. {escape('[default: csv]')}",
                                      show_default=False, metavar="csv|parquet")] = "csv",
-    report: Annotated[bool, typer.Option(help="Also write metrics.csv and report.html.")] = True,
+    report: Annotated[bool, _flag("Also write metrics.csv and report.html.")] = True,
     train_data: Annotated[str | None, _opt("Training titles for novelty, instead of the run's reference.json.xz.",
                                            metavar="SOURCE")] = None,
 ) -> None:
@@ -214,7 +219,7 @@ def pipeline(
     temps: Annotated[str, _opt("Temperatures, as for `sample-batch --temps`.", "0.3,1.0,1.8", "LIST")] = "0.3,1.0,1.8",
     seed: Annotated[int, _opt("Seed of training and sampling.", 0, "N")] = 0,
     device: Annotated[str, _opt("Sampling device.", "auto", "auto|cuda|cpu")] = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Replace runs/NAME if it exists.")] = False,
+    overwrite: Annotated[bool, _flag("Replace runs/NAME if it exists.")] = False,
 ) -> None:
     """The main job in one go: train -> export-onnx -> sample-batch -> report."""
     run_dir, report_dir = Path("runs") / name, Path("reports") / name
