@@ -70,6 +70,13 @@ def _number(name: str, value: object, low: float, high: float, requirement: str)
         raise InvalidParameter(name, requirement, value)
 
 
+def _share(name: str, p: float) -> None:
+    """A share of the probability mass, in (0, 1]: 0 would keep nothing."""
+    _number(name, p, 0, 1, "must lie in (0, 1]")
+    if p == 0:
+        raise InvalidParameter(name, "must lie in (0, 1]", p)
+
+
 @dataclass(frozen=True)
 class Ban:
     """Ids that must never be drawn (padding, <bos>, <unk>: they have no character). Always first in a head."""
@@ -170,9 +177,7 @@ class TopP:
     uses_counts: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _number("top_p", self.p, 0, 1, "must lie in (0, 1]")
-        if self.p == 0:
-            raise InvalidParameter("top_p", "must lie in (0, 1]", self.p)
+        _share("top_p", self.p)
 
     def numpy(self, x: np.ndarray, rows: Rows) -> np.ndarray:
         s = -np.sort(-x, axis=1)
@@ -203,9 +208,7 @@ class MinP:
     uses_counts: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _number("min_p", self.p, 0, 1, "must lie in (0, 1]")
-        if self.p == 0:
-            raise InvalidParameter("min_p", "must lie in (0, 1]", self.p)
+        _share("min_p", self.p)
 
     def numpy(self, x: np.ndarray, rows: Rows) -> np.ndarray:
         return np.where(x >= x.max(axis=1, keepdims=True) + np.float32(math.log(self.p)), x, NEG_INF)
