@@ -144,6 +144,14 @@ def test_config_refuses_bad_values_by_name(changes, parameter):
     assert error.value.parameter == parameter
 
 
+def test_a_chunk_moves_down_its_ladder_as_rows_finish(lstm):
+    """Finished rows are dropped by moving to smaller buffers, each a size of the chunk's ladder."""
+    engine = Engine(lstm, SampleConfig((1.0,), n=64, max_len=60, seed=0), shrink=0.5)
+    batch = engine.generate(np.arange(64))
+    sizes = sorted(engine._buffers, reverse=True)
+    assert batch.finished.mean() > 0.5 and len(sizes) > 1 and set(sizes) <= set(ladder(64, 0.5))
+
+
 def test_ladder_shrinks_to_its_floor():
     assert ladder(10, 0.5) == [10, 5, 3, 2, 1] and ladder(1, 0.5) == [1]
     assert ladder(100, 0.5, floor=20) == [100, 50, 25] and ladder(10, 0.5, floor=20) == [10]
@@ -191,9 +199,10 @@ def test_the_reference_loop_gives_ids_the_vocabulary_decodes(lstm):
     assert texts == [lstm.spec.vocab.decode(row) for row in Engine(lstm, config).generate(np.arange(6)).ids]
 
 
-def test_a_model_with_non_finite_logits_is_named(tmp_path):
+def test_a_model_with_non_finite_logits_is_named_with_what_to_do(tmp_path):
     path = step_model(tmp_path / "nan.onnx", bias={7: np.nan})
-    with pytest.raises(UsageError, match=f"^{path} gives non-finite logits"):
+    with pytest.raises(UsageError, match=rf"^{path} gives non-finite logits .* retrain it \(with a lower --lr\) and "
+                                         "export it again$"):
         Engine(OnnxStep(path, "cpu"), SampleConfig((1.0,), n=4, max_len=10)).generate(np.arange(4))
 
 
