@@ -110,5 +110,7 @@ def test_tying_shares_the_embedding_and_needs_one():
     model = build_model(TrainConfig(units=8, embedding_dim=4, tie=True), vocab_size=10)
     names = [layer.name for layer in model.layers]
     assert "logits" not in names and names.count("embedding") == 1  # one layer both embeds and makes the logits
+    tied = model.get_layer("embedding")
+    assert [tuple(w.shape) for w in (tied.embeddings, tied.projection, tied.bias)] == [(10, 4), (8, 4), (10,)]
     with pytest.raises(UsageError, match="--tie needs an embedding"):
         TrainConfig(tie=True, embedding_dim=0)
