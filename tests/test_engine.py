@@ -224,7 +224,8 @@ def test_a_vocabulary_beyond_256_ids_keeps_every_id(tmp_path):
     assert (batch.ids == 256).any() and np.array_equal(batch.ids, generate(step, config, np.arange(20), [[]]).ids)
 
 
-@pytest.mark.parametrize("options", [{"sync_every": -1}, {"shrink": 1.0}, {"shrink": 1.5}, {"shrink": -0.5}])
+@pytest.mark.parametrize("options", [{"sync_every": -1}, {"sync_every": 0}, {"shrink": 0.0}, {"shrink": 1.0},
+                                     {"shrink": 1.5}, {"shrink": -0.5}])
 def test_engine_settings_out_of_range_are_refused(lstm, options):
     with pytest.raises(UsageError, match=r"^sync_every must be positive and shrink in \(0, 1\), not "):
         Engine(lstm, SampleConfig((1.0,), n=4, max_len=10), **options)
