@@ -99,8 +99,8 @@ class Engine:
         self.ort, self.model, self.config, self.spec = ort, step.model, config, step.spec
         self.prompt_ids = config.prompt_ids(self.spec.vocab)
         self.device = "cuda" if step.provider == CUDA else "cpu"  # the provider that really started
-        self.sync_every = sync_every or SYNC_EVERY[self.device]
-        self.shrink = shrink or SHRINK[self.device]
+        self.sync_every = SYNC_EVERY[self.device] if sync_every is None else sync_every  # 0 is refused, not a default
+        self.shrink = SHRINK[self.device] if shrink is None else shrink
         if self.sync_every < 1 or not 0 < self.shrink < 1:
             raise UsageError(f"sync_every must be positive and shrink in (0, 1), not {self.sync_every}, {self.shrink}")
         self.cuda_graph = self.device == "cuda" if cuda_graph is None else cuda_graph and self.device == "cuda"
