@@ -114,3 +114,19 @@ def test_tying_shares_the_embedding_and_needs_one():
     assert [tuple(w.shape) for w in (tied.embeddings, tied.projection, tied.bias)] == [(10, 4), (8, 4), (10,)]
     with pytest.raises(UsageError, match="--tie needs an embedding"):
         TrainConfig(tie=True, embedding_dim=0)
+
+
+def test_the_loss_is_the_cross_entropy_of_the_logits_and_ignores_padding():
+    """Training minimises -log softmax(logits)[target] averaged over real characters; padded targets count nothing."""
+    model = build_model(TrainConfig(units=8, embedding_dim=4, dropout=0.0), vocab_size=10)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (2, 5, 10)).astype(np.float32)
+    targets = rng.integers(4, 10, (2, 5))
+    log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = -np.take_along_axis(log_softmax, targets[..., None], -1).mean()
+    assert float(model.loss(targets, logits)) == pytest.approx(expected, rel=1e-5)
+    padded = targets.copy()
+    padded[:, 3:] = 0  # PAD
+    changed = logits.copy()
+    changed[:, 3:] = rng.normal(0, 3, (2, 2, 10))
+    assert float(model.loss(padded, logits)) == pytest.approx(float(model.loss(padded, changed)), rel=1e-6)
