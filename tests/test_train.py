@@ -214,6 +214,20 @@ def test_every_architecture_trains_exports_and_samples_on_onnx(titles_csv, tmp_p
     assert greedy[0] == greedy[1] == rows[0]["text"]
 
 
+def test_the_epoch_line_reports_that_epoch_and_the_best_so_far(tmp_path):
+    """What a user reads after each epoch: its validation figure, the best of the run so far, speed and rate."""
+    vocab = Vocab.build(["abc def"])
+    model = build_model(TrainConfig(units=8, embedding_dim=4), vocab.size)
+    history = [{"epoch": e, "val_bpc": v, "chars_per_second": 12_345, "lr": 1e-3}
+               for e, v in ((1, 3.0), (2, 2.5), (3, 2.8))]
+    logs: list[str] = []
+    callback = toolkit.train.EpochSamples(vocab, logs.append, toolkit.train.RunCheckpoint(tmp_path, tmp_path, history,
+                                                                                          1000, 1e-3))
+    callback.set_model(model)
+    callback.on_epoch_end(2)
+    assert logs[0] == "  epoch 3: validation 2.800 bits/char (best 2.500), 12,345 characters/s, learning rate 0.001"
+
+
 # --- item 1: --overwrite replaces a run only once the new one has an epoch ---------------------------------------
 
 def test_overwrite_swaps_the_new_run_in_after_its_first_epoch(old_run, titles_csv, tmp_path, monkeypatch):

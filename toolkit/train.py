@@ -116,15 +116,15 @@ class RunCheckpoint(keras.callbacks.Callback):
 class EpochSamples(keras.callbacks.Callback):
     """The notebook's sampling callback: after every epoch, its speed and a few titles at each temperature."""
 
-    def __init__(self, vocab: Vocab, log: Callable[[str], None], history: list[dict[str, float]], per_temp: int = 2,
+    def __init__(self, vocab: Vocab, log: Callable[[str], None], checkpoint: RunCheckpoint, per_temp: int = 2,
                  seed: int = 0):
         super().__init__()
-        self.vocab, self.log, self.history, self.per_temp, self.seed = vocab, log, history, per_temp, seed
+        self.vocab, self.log, self.checkpoint, self.per_temp, self.seed = vocab, log, checkpoint, per_temp, seed
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        row = self.history[-1]  # committed by RunCheckpoint just before
-        best = min(r["val_bpc"] for r in self.history)
-        self.log(f"  epoch {row['epoch']:.0f}: validation {row['val_bpc']:.3f} bits/char (best {best:.3f}), "
+        row = self.checkpoint.history[-1]  # the epoch the checkpoint has just committed
+        self.log(f"  epoch {row['epoch']:.0f}: validation {row['val_bpc']:.3f} bits/char (best "
+                 f"{self.checkpoint.best:.3f}), "
                  f"{row['chars_per_second']:,.0f} characters/s, learning rate {row['lr']:.3g}")
         config = SampleConfig(EPOCH_SAMPLE_TEMPS, n=self.per_temp, max_len=100, seed=self.seed + epoch)
         rows = np.arange(config.rows)
@@ -235,7 +235,7 @@ def _fit(config: TrainConfig, model: keras.Model | None, vocab: Vocab, corpus: C
     try:
         model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=done, verbose=verbose,
                   shuffle=False,
-                  callbacks=[checkpoint, *progress, EpochSamples(vocab, log, checkpoint.history, seed=config.seed)])
+                  callbacks=[checkpoint, *progress, EpochSamples(vocab, log, checkpoint, seed=config.seed)])
     except tf.errors.ResourceExhaustedError:
         raise UsageError(f"out of memory at --batch-size {config.batch_size}, --seq-len {config.seq_len}, "
                          f"--units {config.units}, --layers {config.layers}; lower them") from None
