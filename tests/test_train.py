@@ -1,4 +1,6 @@
 import csv
+import errno
+import hashlib
 import json
 import lzma
 import math
@@ -8,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import numpy as np
@@ -15,6 +18,7 @@ import onnx
 import pytest
 from helpers import ROOT, assert_usage_error, run_cli
 
+import toolkit.data
 import toolkit.files
 import toolkit.rundir
 import toolkit.train
@@ -29,7 +33,7 @@ from toolkit.sampling.config import SampleConfig
 from toolkit.sampling.reference import generate
 from toolkit.sampling.runtime import OnnxStep
 from toolkit.train import Interrupted, read_history, train
-from toolkit.vocab import Vocab
+from toolkit.vocab import BREAK, Vocab
 
 
 def test_the_notebook_model_is_expressible_with_flags():
@@ -506,3 +510,165 @@ def test_running_out_of_memory_is_one_line_naming_the_sizes(titles_csv, tmp_path
     with pytest.raises(UsageError, match="out of memory.*--batch-size 32.*--units 8"):
         train(tiny(titles_csv), tmp_path / "run", verbose=0, log=lambda _: None)
     assert not (tmp_path / "run").exists() and siblings(tmp_path / "run") == []
+
+
+# --- train.py's pieces without fitting: cheap enough to run against each of its mutants ---------------------------
+
+LOGS = {"loss": 2.0, "bpc": 2.9, "val_loss": 2.1, "val_bpc": 3.0}
+
+
+def test_the_data_fingerprint_keeps_its_format_so_older_runs_still_resume():
+    """A run stores it and `--resume` compares it: the same texts must give the same 16 hex digits, as before."""
+    assert toolkit.train.fingerprint(["ab", "c"]) == hashlib.sha256(b"ab\nc\n").hexdigest()[:16]
+    assert toolkit.train.fingerprint(["ab", "c"]) != toolkit.train.fingerprint(["a", "bc"])
+
+
+def test_an_epoch_predicts_every_character_and_the_end_but_not_a_leading_break():
+    assert toolkit.train.predicted_characters(["abc", BREAK + "de", ""]) == 4 + 3 + 1
+
+
+def test_the_history_reads_back_what_an_epoch_wrote(tmp_path):
+    assert read_history(tmp_path) == []
+    rows = [dict(zip(toolkit.train.HISTORY_COLUMNS, range(i, i + 8), strict=True)) for i in (1, 2)]
+    toolkit.train._write_history(tmp_path / "history.csv", rows)
+    assert read_history(tmp_path) == rows
+    assert (tmp_path / "history.csv").read_text().splitlines()[0] == ",".join(toolkit.train.HISTORY_COLUMNS)
+
+
+def checkpoint_on(tmp_path, monkeypatch, *, history=(), run=None, seconds=2.5):
+    """A RunCheckpoint on a tiny untrained model, its clock stopped so each epoch lasts `seconds`."""
+    clock = iter(np.arange(100) * seconds)
+    monkeypatch.setattr(toolkit.train, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    out = tmp_path / "run"
+    out.mkdir(exist_ok=True)
+    checkpoint = toolkit.train.RunCheckpoint(run or out, out, list(history), 1000, 3e-3)
+    checkpoint.set_model(build_model(TrainConfig(units=8, embedding_dim=4), vocab_size=10))
+    return checkpoint
+
+
+def end_epoch(checkpoint, epoch: int, **logs) -> None:
+    checkpoint.on_epoch_begin(epoch - 1)
+    checkpoint.on_epoch_end(epoch - 1, {**LOGS, **logs})
+
+
+def test_an_epoch_commits_its_row_the_last_model_and_the_best_one(tmp_path, monkeypatch):
+    checkpoint = checkpoint_on(tmp_path, monkeypatch)
+    out = checkpoint.out
+    end_epoch(checkpoint, 1)
+    row = checkpoint.history[0]
+    lr = float(checkpoint.model.optimizer.learning_rate)
+    assert row == {"epoch": 1, **LOGS, "lr": lr, "seconds": 2.5, "chars_per_second": 400}
+    assert read_history(out) == [row] and checkpoint.best == 3.0
+    assert (out / "best.keras").read_bytes() == (out / "last.keras").read_bytes()
+    best = (out / "best.keras").read_bytes()
+    checkpoint.model.set_weights([w + 1 for w in checkpoint.model.get_weights()])
+    end_epoch(checkpoint, 2, val_bpc=3.5)  # worse: best.keras stays epoch 1's
+    assert (out / "best.keras").read_bytes() == best != (out / "last.keras").read_bytes()
+    assert checkpoint.best == 3.0 and [r["val_bpc"] for r in read_history(out)] == [3.0, 3.5]
+    end_epoch(checkpoint, 3, val_bpc=2.0)  # better
+    assert (out / "best.keras").read_bytes() == (out / "last.keras").read_bytes() != best
+    assert checkpoint.best == 2.0 and [r["epoch"] for r in read_history(out)] == [1, 2, 3]
+    assert sorted(p.name for p in out.iterdir()) == ["best.keras", "history.csv", "last.keras"]  # nothing pending
+
+
+def test_a_resumed_checkpoint_knows_the_best_epoch_so_far(tmp_path, monkeypatch):
+    history = [{"epoch": 1, "val_bpc": 2.5}, {"epoch": 2, "val_bpc": 2.7}]
+    checkpoint = checkpoint_on(tmp_path, monkeypatch, history=history)
+    assert checkpoint.best == 2.5
+    end_epoch(checkpoint, 3, val_bpc=2.6)
+    assert not (checkpoint.out / "best.keras").exists() and checkpoint.best == 2.5
+
+
+def test_the_first_epoch_of_a_new_run_swaps_it_into_place(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    new = toolkit.rundir.new_run_dir(out)
+    checkpoint = checkpoint_on(tmp_path, monkeypatch, run=new)
+    out.rmdir()  # the empty --out checked at the start
+    end_epoch(checkpoint, 1)
+    assert checkpoint.run == out and not new.exists() and (out / "last.keras").is_file() and (out / MARKER).is_file()
+    end_epoch(checkpoint, 2)  # later epochs are written in place
+    assert len(read_history(out)) == 2 and siblings(out) == []
+
+
+@pytest.mark.parametrize("logs, weights", [({"val_loss": math.nan}, 0), ({"bpc": math.inf}, 0), ({}, math.nan)])
+def test_a_non_finite_epoch_is_refused_and_nothing_of_it_is_written(tmp_path, monkeypatch, logs, weights):
+    checkpoint = checkpoint_on(tmp_path, monkeypatch, history=[{"epoch": 1, "val_bpc": 3.0}])
+    checkpoint.model.set_weights([w + weights for w in checkpoint.model.get_weights()])
+    with pytest.raises(UsageError) as e:
+        end_epoch(checkpoint, 2, **logs)
+    assert str(e.value) == (f"the loss became non-finite (NaN or inf) in epoch 2: training diverged and stopped; "
+                            f"{checkpoint.out} keeps epoch 1, the last finite one; train again with a lower --lr "
+                            "than 0.003, e.g. --lr 0.0003")
+    assert list(checkpoint.out.iterdir()) == [] and len(checkpoint.history) == 1
+
+
+@pytest.mark.parametrize("loss, stops", [(math.nan, True), (-math.inf, True), (1e30, False)])
+def test_a_batch_with_a_non_finite_loss_stops_training(tmp_path, monkeypatch, loss, stops):
+    checkpoint = checkpoint_on(tmp_path, monkeypatch, run=tmp_path / "elsewhere")
+    checkpoint.on_epoch_begin(0)
+    if not stops:
+        checkpoint.on_train_batch_end(0, {"loss": loss})
+        return
+    with pytest.raises(UsageError, match=rf"in epoch 1:.*no epoch completed, so {checkpoint.out} is as it was"):
+        checkpoint.on_train_batch_end(0, {"loss": loss})
+
+
+def test_a_failed_epoch_write_names_the_epoch_and_the_reason(tmp_path, monkeypatch):
+    checkpoint = checkpoint_on(tmp_path, monkeypatch)
+
+    def full(run, files):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(toolkit.train, "commit", full)
+    with pytest.raises(UsageError) as e:
+        end_epoch(checkpoint, 1)
+    assert str(e.value) == (f"cannot write epoch 1 of {checkpoint.out}: No space left on device; training stopped "
+                            "there")
+    assert checkpoint.history == []
+
+
+def test_each_epoch_samples_every_temperature_from_its_own_seed(tmp_path, monkeypatch):
+    checkpoint = checkpoint_on(tmp_path, monkeypatch)
+    end_epoch(checkpoint, 1)
+    vocab = Vocab.build(["abcdef"])
+    logs: list[str] = []
+    samples = toolkit.train.EpochSamples(vocab, logs.append, checkpoint, per_temp=3, seed=5)
+    samples.set_model(checkpoint.model)
+    for epoch in (0, 0, 1):
+        samples.on_epoch_end(epoch)
+    titles = [logs[i * 10 + 1:i * 10 + 10] for i in range(3)]
+    assert all(len(block) == 9 for block in titles) and len(logs) == 30
+    assert [line.split()[0] for line in titles[0]] == ["T=0.3"] * 3 + ["T=1.0"] * 3 + ["T=1.8"] * 3
+    assert titles[0] == titles[1] != titles[2]  # the seed is the run's plus the epoch's
+    expected = generate(KerasStep(checkpoint.model), SampleConfig((0.3, 1.0, 1.8), n=3, max_len=100, seed=6),
+                        np.arange(9), [[]])
+    assert [line.split("  ", 2)[2] for line in titles[2]] == list(vocab.decode_rows(expected.ids))
+
+
+def test_a_run_refuses_to_resume_on_other_texts_or_from_broken_files(tmp_path):
+    corpus = toolkit.data.Corpus(["abc", "abd"], ["abe"], ["abc", "abd"], ["abe"])
+    with pytest.raises(UsageError, match=f"differ from those {tmp_path} was trained on.*--overwrite"):
+        toolkit.train._load_run(tmp_path, {"data_fingerprint": "0" * 16}, corpus)
+    Vocab.build(corpus.train).save(tmp_path / "vocab.json")
+    (tmp_path / "last.keras").write_text("not a model")
+    facts = {"data_fingerprint": toolkit.train.fingerprint(corpus.train)}
+    with pytest.raises(UsageError, match=f"cannot load the run in {tmp_path} .*corrupt: start a new run"):
+        toolkit.train._load_run(tmp_path, facts, corpus)
+
+
+def test_a_new_run_holds_its_vocabulary_settings_and_titles_before_its_first_epoch(tmp_path):
+    corpus = toolkit.data.Corpus(["abc", "xyz!"], ["ab"], ["abc t"], ["ab t"])
+    config = TrainConfig(units=8, epochs=3)
+    toolkit.train._start_run(tmp_path, config, Vocab.build(corpus.train), corpus)
+    assert Vocab.load(tmp_path / "vocab.json") == Vocab.build(corpus.train)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved == {"config": config.to_dict(), "vocab_size": 4 + 7, "data_fingerprint":
+                     toolkit.train.fingerprint(corpus.train), "train_texts": 2, "val_texts": 1}
+    reference = json.loads(lzma.decompress((tmp_path / "reference.json.xz").read_bytes()))
+    assert reference == {"train_titles": ["abc t"], "val_titles": ["ab t"]}
+    (tmp_path / "vocab.json").unlink()
+    (tmp_path / "vocab.json").mkdir()  # what cannot be written
+    with pytest.raises(UsageError) as e:
+        toolkit.train._start_run(tmp_path, config, Vocab.build(corpus.train), corpus)
+    assert str(e.value) == (f"cannot write {tmp_path / 'vocab.json'}: Is a directory; free some space or choose "
+                            "another --out")

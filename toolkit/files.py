@@ -39,6 +39,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a finished file gets the usual mode
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None or Path(e.filename) != tmp:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from None  # the caller's file, not our temporary, failed
     finally:
         tmp.unlink(missing_ok=True)
 
