@@ -249,7 +249,7 @@ def _closest_other_length(n_words: np.ndarray, sel: np.ndarray) -> np.ndarray:
 def self_bleu(texts: Sequence[Sequence[str]]) -> float:
     """Self-BLEU of one group of tokenised texts (see `_self_bleu`)."""
     grams = _word_grams([list(t) for t in texts])
-    return float(_self_bleu(grams, np.array([len(t) for t in texts]), np.ones((1, len(texts)), bool))[0])
+    return float(_self_bleu(grams, np.array([len(t) for t in texts], np.int64), np.ones((1, len(texts)), bool))[0])
 
 
 def _zipf(unigrams: Sparse, sel: np.ndarray) -> np.ndarray:
@@ -288,12 +288,13 @@ def _distribution(a: Sparse, b: Sparse, sel_a: np.ndarray, sel_b: np.ndarray) ->
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Jensen-Shannon divergence in bits between the rows of two count matrices (normalised here); NaN for an
     empty row."""
+    empty = (p.sum(axis=1) == 0) | (q.sum(axis=1) == 0)  # two empty rows are not "identical": nothing to compare
     with np.errstate(divide="ignore", invalid="ignore"):
         p, q = p / p.sum(axis=1, keepdims=True), q / q.sum(axis=1, keepdims=True)
         m = (p + q) / 2
         kl = [np.where(x > 0, x * np.log2(np.where(x > 0, x, 1) / np.where(x > 0, m, 1)), 0).sum(axis=1)
               for x in (p, q)]
-    return np.maximum((kl[0] + kl[1]) / 2, 0)
+    return np.where(empty, np.nan, np.maximum((kl[0] + kl[1]) / 2, 0))
 
 
 def _distances(a: Texts, b: Texts, sel_a: np.ndarray, sel_b: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,6 +1,9 @@
 """The engine (composed step + head graph, IO binding, rows dropped on the device) against the numpy reference
 loop, on CPU: the same code path as CUDA, device "cpu"."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from helpers import step_model
@@ -244,3 +247,16 @@ def test_an_engine_on_cpu_uses_its_threads_and_no_cuda_graphs_and_writes_no_file
         sessions = (engine.session, engine.selector, engine.uniformer, engine.starter)
         assert [s.get_session_options().intra_op_num_threads for s in sessions] == [1] * 4
     assert list(tmp_path.iterdir()) == []
+
+
+def test_profiling_records_the_step_node_by_node(lstm, tmp_path, monkeypatch):
+    """What bench_gpu.py's per-node profile reads; off by default (it costs time and writes a file)."""
+    monkeypatch.chdir(tmp_path)  # onnxruntime writes its trace into the working directory
+    config = SampleConfig((1.0,), n=4, max_len=10)
+    engine = Engine(lstm, config, profile=True)
+    engine.generate(np.arange(4))
+    events = json.loads(Path(engine.session.end_profiling()).read_text())
+    assert {"MatMul", "Sigmoid", "Gather"} <= {e["args"].get("op_name") for e in events if e.get("cat") == "Node"}
+    plain = Engine(lstm, config)
+    plain.generate(np.arange(4))
+    assert plain.session.end_profiling() == ""

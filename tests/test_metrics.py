@@ -2,6 +2,7 @@
 
 import math
 import random
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -125,6 +126,16 @@ def test_self_bleu_by_hand():
     assert self_bleu([["a", "b"], ["a", "b", "c"]]) == pytest.approx(expected)
     assert self_bleu([["a", "b"], ["c", "d"]]) == 0  # no unigram in common
     assert math.isnan(self_bleu([["a", "b"]]))  # one text has no references
+    assert math.isnan(self_bleu([]))  # nor does an empty group
+
+
+def test_self_bleu_of_a_long_text_takes_the_shorter_reference_length():
+    """60 words against 5: the only other length is shorter, so no brevity penalty (NLTK's closest length)."""
+    long, short = ["a"] * 60, ["a"] * 5
+    # "a" * 60 against "a" * 5: clipped matches 5, 4, 3, 2 of 60, 59, 58, 57; "a" * 5 against "a" * 60: all
+    # match, brevity penalty exp(1 - 60 / 5)
+    expected = ((5 / 60 * 4 / 59 * 3 / 58 * 2 / 57) ** 0.25 + math.exp(1 - 60 / 5)) / 2
+    assert self_bleu([long, short]) == pytest.approx(expected)
 
 
 def test_self_bleu_equals_nltk_on_random_groups():
@@ -286,3 +297,92 @@ def test_copy_rate_is_one_minus_novelty_interval_included():
 def test_the_smallest_size_is_one_text_a_subsample():
     t = table({1.0: TEXTS}, size=1)
     assert t["size"].tolist() == [1, 1] and t["subsamples"].tolist() == [5, 5]
+
+
+def test_each_bootstrap_replicate_scores_only_the_texts_it_chose():
+    """An interval's replicates are the metrics of the half-samples alone: row by row against sets, NLTK and a
+    least-squares fit over the chosen texts, for more replicates than one numpy pass holds."""
+    from eval.metrics import ROWS_AT_ONCE, Texts, _pool
+
+    rng = random.Random(5)
+    texts = [" ".join(rng.choices("abcde", k=n)) for n in (100, 60, 5, 3, 3, 1)] + ["", "b a"]
+    sel = np.random.default_rng(5).random((2 * ROWS_AT_ONCE + 20, len(texts))) < 0.5
+    found = _pool(Texts.build(texts, np.ones(len(texts), bool)), sel)
+    smoothing = SmoothingFunction().method1
+    expected = {"distinct_1": [], "duplicate_rate": [], "self_bleu": [], "zipf": []}
+    for row in sel:
+        chosen = [t for t, c in zip(texts, row, strict=True) if c]
+        tokens = [words(t) for t in chosen]
+        n_words = sum(map(len, tokens))
+        frequencies = sorted(Counter(w for t in tokens for w in t).values(), reverse=True)
+        expected["distinct_1"].append(len(frequencies) / n_words if n_words else 0)
+        expected["duplicate_rate"].append(1 - len(set(chosen)) / len(chosen) if chosen else 0)
+        expected["self_bleu"].append(np.mean([
+            sentence_bleu(tokens[:i] + tokens[i + 1:], hyp, smoothing_function=smoothing)
+            for i, hyp in enumerate(tokens)]) if len(tokens) >= 2 else math.nan)
+        expected["zipf"].append(-linregress(np.log(np.arange(1, len(frequencies) + 1)), np.log(frequencies)).slope
+                                if len(frequencies) >= 2 else math.nan)
+    for name, values in expected.items():
+        np.testing.assert_allclose(found[name], values, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_a_group_of_empty_titles_has_no_distinct_ngrams():
+    """No words at all: distinct-n is 0 (no diversity), not a perfect 1."""
+    m = table({1.0: ["", "", ""]}, val=["a b", "c d", "e f"]).loc["T=1"]
+    assert (m["distinct_1"], m["distinct_2"], m["distinct_3"]) == (0, 0, 0)
+
+
+def test_distances_between_groups_of_different_sizes():
+    """Each group's length distribution is normalised by its own size."""
+    assert distances(["ab cd"], ["ab cd"] * 3) == {name: 0 for name in DISTANCES}  # same texts, in proportion
+    # lengths 1 and 3 half and half against three quarters and one quarter: the CDFs differ by 1/4 over [1, 3)
+    m = distances(["x", "xxx"], ["x", "x", "x", "xxx"])
+    assert (m["length_ks"], m["length_wasserstein"]) == pytest.approx((1 / 4, 1 / 4 * 2))
+
+
+def test_the_bootstrap_draws_half_of_each_subsample():
+    """Row 0 takes every text (the estimate); then BOOTSTRAP replicates of exactly half, from two texts up."""
+    from eval.metrics import BOOTSTRAP, Group, _pools
+
+    for size in (2, 3, 4):
+        p = _pools(Group("T=1", 1.0, list("abcdefghi"), np.ones(9, bool)), size, seed=0)
+        assert p.rows.shape == (9 // size, size) and len(set(p.rows.ravel())) == p.rows.size  # disjoint
+        assert p.sel.shape == (1 + BOOTSTRAP, size) and p.sel[0].all()
+        assert (p.sel[1:].sum(axis=1) == size // 2).all()
+
+
+def test_a_temperature_row_does_not_depend_on_the_other_temperatures():
+    """Each group draws its own subsamples and halves, and the reference's halves are always the same."""
+    rng = random.Random(6)
+
+    def titles(n):
+        return [" ".join(rng.choices(["alpha", "beta", "gamma", "delta"], k=rng.randint(1, 5))) for _ in range(n)]
+
+    x, y, val = titles(30), titles(30), titles(30)
+    alone, beside = table({1.0: x}, val=val).loc["T=1"], table({1.0: x, 2.0: y}, val=val).loc["T=1"]
+    np.testing.assert_allclose(alone.to_numpy(np.float64), beside.to_numpy(np.float64), rtol=1e-12)
+
+
+def test_scoring_degenerate_groups_prints_no_numpy_warnings():
+    """Empty titles, one-word titles and one text a subsample (empty halves) are scored without RuntimeWarnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table({1.0: ["", "a", "a b", "", "b"]}, val=["", "x", "x y z", "q", "r"], size=1)
+        table({1.0: ["", "a", "a b", "", "b"]}, val=["", "x", "x y z", "q", "r"])
+        table({1.0: ["", ""], 2.0: ["a", "a"]}, val=["", "b"])
+        assert self_bleu([[], []]) == 0 and self_bleu([[], ["a"]]) == 0
+
+
+def test_bits_per_character_are_undefined_without_a_scored_character():
+    """An empty text cut at the length limit scores no character and no end-of-title: NaN, not a perfect 0."""
+    samples = pd.DataFrame({"temperature": [1.0, 2.0], "text": ["ab", ""], "finished": [True, False],
+                            "logprob": [-3.0, 0.0]})
+    t = metrics_table(samples, TRAIN, ["x"]).set_index("group")
+    assert t.loc["T=1", "bpc"] == pytest.approx(3 / math.log(2) / 3) and math.isnan(t.loc["T=2", "bpc"])
+
+
+@pytest.mark.parametrize("a, b", [(["x", "y"], ["x", "y"]), (["x", "y"], ["ab"]), (["ab"], ["x"])])
+def test_groups_without_character_pairs_have_no_bigram_divergence(a, b):
+    """One-character titles have no bigrams: nothing to compare is NaN ("no figure"), never 0 ("identical")."""
+    assert math.isnan(distances(a, b)["js_char_bigrams"])
+    assert distances(a, b)["js_words"] == pytest.approx(0 if a == b else 1)

@@ -261,6 +261,18 @@ def test_a_failure_before_the_first_epoch_leaves_the_old_run_whole(old_run, titl
         assert "epoch 1" in str(e.value) and "as it was" in str(e.value)
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_ctrl_c_after_an_epoch_keeps_it_and_says_so(old_run, titles_csv, tmp_path, monkeypatch, resume):
+    """The library's side of `test_ctrl_c_says_what_was_kept`: the count the CLI prints, and the run left whole."""
+    run = copy_run(old_run, tmp_path)
+    sabotage(monkeypatch, 2, "begin", interrupt)
+    with pytest.raises(Interrupted) as e:
+        train(tiny(titles_csv, seed=0 if resume else 7, epochs=3), run, resume=resume, overwrite=not resume,
+              verbose=0, log=lambda _: None)
+    assert e.value.epochs == 1 == len(read_history(run)) and siblings(run) == []
+    assert json.loads((run / "config.json").read_text())["config"]["seed"] == (0 if resume else 7)
+
+
 @pytest.mark.parametrize("overwrite, held, words", [(False, False, "a run appeared"),
                                                      (True, True, "another `train` is writing")])
 def test_a_run_that_appears_while_training_is_never_replaced_unasked(old_run, titles_csv, tmp_path, monkeypatch,
