@@ -33,7 +33,7 @@ from toolkit.sampling.config import SampleConfig
 from toolkit.sampling.reference import generate
 from toolkit.sampling.runtime import OnnxStep
 from toolkit.train import Interrupted, read_history, train
-from toolkit.vocab import BREAK, Vocab
+from toolkit.vocab import BREAK, EOS, Vocab
 
 
 def test_the_notebook_model_is_expressible_with_flags():
@@ -642,6 +642,9 @@ def test_a_failed_epoch_write_names_the_epoch_and_the_reason(tmp_path, monkeypat
 def test_each_epoch_samples_every_temperature_from_its_own_seed(tmp_path, monkeypatch):
     checkpoint = checkpoint_on(tmp_path, monkeypatch)
     end_epoch(checkpoint, 1)
+    weights = checkpoint.model.get_weights()
+    weights[-1][EOS] = -1e4  # the output bias: no title ends before the length limit
+    checkpoint.model.set_weights(weights)
     vocab = Vocab.build(["abcdef"])
     logs: list[str] = []
     samples = toolkit.train.EpochSamples(vocab, logs.append, checkpoint, per_temp=3, seed=5)
@@ -655,17 +658,26 @@ def test_each_epoch_samples_every_temperature_from_its_own_seed(tmp_path, monkey
     expected = generate(KerasStep(checkpoint.model), SampleConfig((0.3, 1.0, 1.8), n=3, max_len=100, seed=6),
                         np.arange(9), [[]])
     assert [line.split("  ", 2)[2] for line in titles[2]] == list(vocab.decode_rows(expected.ids))
+    assert {len(line.split("  ", 2)[2]) for block in titles for line in block} == {100}
 
 
 def test_a_run_refuses_to_resume_on_other_texts_or_from_broken_files(tmp_path):
     corpus = toolkit.data.Corpus(["abc", "abd"], ["abe"], ["abc", "abd"], ["abe"])
-    with pytest.raises(UsageError, match=f"differ from those {tmp_path} was trained on.*--overwrite"):
+    with pytest.raises(UsageError) as e:
         toolkit.train._load_run(tmp_path, {"data_fingerprint": "0" * 16}, corpus)
+    assert str(e.value) == (f"the training texts differ from those {tmp_path} was trained on; resume with the same "
+                            "data, or start a new run with --overwrite")
     Vocab.build(corpus.train).save(tmp_path / "vocab.json")
     (tmp_path / "last.keras").write_text("not a model")
+    try:
+        keras.saving.load_model(tmp_path / "last.keras")
+    except Exception as error:  # what Keras says of it, whatever its type
+        reason = str(error).splitlines()[0][:160]
     facts = {"data_fingerprint": toolkit.train.fingerprint(corpus.train)}
-    with pytest.raises(UsageError, match=f"cannot load the run in {tmp_path} .*corrupt: start a new run"):
+    with pytest.raises(UsageError) as e:
         toolkit.train._load_run(tmp_path, facts, corpus)
+    assert str(e.value) == (f"cannot load the run in {tmp_path} ({reason}); it is incomplete or corrupt: start a "
+                            "new run with --overwrite")
 
 
 def test_a_new_run_holds_its_vocabulary_settings_and_titles_before_its_first_epoch(tmp_path):
