@@ -232,6 +232,17 @@ def test_the_epoch_line_reports_that_epoch_and_the_best_so_far(tmp_path):
     assert logs[0] == "  epoch 3: validation 2.800 bits/char (best 2.500), 12,345 characters/s, learning rate 0.001"
 
 
+def test_training_logs_a_line_per_epoch_then_its_samples_when_not_on_a_terminal(titles_csv, tmp_path, capsys):
+    """`verbose="auto"` (the CLI's): in a log file no progress bar, and each epoch's summary before its samples."""
+    train(tiny(titles_csv, epochs=2), tmp_path / "run")
+    lines = capsys.readouterr().out.splitlines()
+    assert not any("\u2501" in line or "\r" in line for line in lines)  # no bar
+    summaries = [i for i, line in enumerate(lines) if "val_bpc" in line]
+    starts = [i for i, line in enumerate(lines) if line.startswith("  epoch ")]
+    assert len(summaries) == len(starts) == 2 and summaries[0] < starts[0] < summaries[1] < starts[1]
+    assert sum(line.startswith("  T=") for line in lines) == 12
+
+
 # --- item 1: --overwrite replaces a run only once the new one has an epoch ---------------------------------------
 
 def test_overwrite_swaps_the_new_run_in_after_its_first_epoch(old_run, titles_csv, tmp_path, monkeypatch):
