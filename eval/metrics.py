@@ -289,11 +289,10 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Jensen-Shannon divergence in bits between the rows of two count matrices (normalised here); NaN for an
     empty row."""
     empty = (p.sum(axis=1) == 0) | (q.sum(axis=1) == 0)  # two empty rows are not "identical": nothing to compare
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(invalid="ignore"):  # 0 / 0: an empty row, or a character neither row has
         p, q = p / p.sum(axis=1, keepdims=True), q / q.sum(axis=1, keepdims=True)
         m = (p + q) / 2
-        kl = [np.where(x > 0, x * np.log2(np.where(x > 0, x, 1) / np.where(x > 0, m, 1)), 0).sum(axis=1)
-              for x in (p, q)]
+        kl = [np.where(x > 0, x * np.log2(np.where(x > 0, x / m, 1)), 0).sum(axis=1) for x in (p, q)]
     return np.where(empty, np.nan, np.maximum((kl[0] + kl[1]) / 2, 0))
 
 

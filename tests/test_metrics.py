@@ -386,3 +386,13 @@ def test_groups_without_character_pairs_have_no_bigram_divergence(a, b):
     """One-character titles have no bigrams: nothing to compare is NaN ("no figure"), never 0 ("identical")."""
     assert math.isnan(distances(a, b)["js_char_bigrams"])
     assert distances(a, b)["js_words"] == pytest.approx(0 if a == b else 1)
+
+
+def test_the_divergence_of_each_pair_of_rows_is_its_own():
+    """Replicates are rows: an empty pair is NaN in its own row only, and a full row is scored as if alone."""
+    from eval.metrics import js_divergence
+
+    p, q = np.array([[1.0, 1, 0], [0, 0, 0], [3, 1, 0]]), np.array([[1.0, 1, 0], [0, 0, 0], [0, 1, 1]])
+    found = js_divergence(p, q)
+    assert found[0] == 0 and math.isnan(found[1])
+    assert found[2] == pytest.approx(jensenshannon([3, 1, 0], [0, 1, 1], base=2) ** 2)

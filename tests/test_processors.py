@@ -91,14 +91,19 @@ def test_processors_compose_in_order():
     assert kept(top2_then_p) == [[True, False, False, False]] and kept(p_then_top2) == [[True, True, False, False]]
 
 
-@pytest.mark.parametrize("make, parameter", [
-    (lambda: TopK(0), "top_k"), (lambda: TopK(2.5), "top_k"), (lambda: TopP(0), "top_p"), (lambda: TopP(1.2), "top_p"),
-    (lambda: MinP(0), "min_p"), (lambda: MinP(math.nan), "min_p"), (lambda: TopK(True), "top_k"),
-    (lambda: RepetitionPenalty(3, 0), "presence_penalty"), (lambda: RepetitionPenalty(0, -2.5), "frequency_penalty")])
-def test_processors_refuse_their_bad_parameters_by_name(make, parameter):
+@pytest.mark.parametrize("make, message", [
+    (lambda: TopK(0), "top_k must be a positive integer, not 0"),
+    (lambda: TopK(2.5), "top_k must be a positive integer, not 2.5"),
+    (lambda: TopK(True), "top_k must be a positive integer, not True"),
+    (lambda: TopP(0), "top_p must lie in (0, 1], not 0"), (lambda: TopP(1.2), "top_p must lie in (0, 1], not 1.2"),
+    (lambda: MinP(0), "min_p must lie in (0, 1], not 0"), (lambda: MinP(math.nan), "min_p must lie in (0, 1], not nan"),
+    (lambda: RepetitionPenalty(3, 0), "presence_penalty must lie in [-2, 2], not 3"),
+    (lambda: RepetitionPenalty(0, -2.5), "frequency_penalty must lie in [-2, 2], not -2.5")])
+def test_processors_refuse_their_bad_parameters_by_name(make, message):
+    """The parameter's name (the CLI swaps in its flag), what it must be, and the value given."""
     with pytest.raises(InvalidParameter) as error:
         make()
-    assert error.value.parameter == parameter and parameter in str(error.value)
+    assert str(error.value) == message and error.value.parameter == message.split()[0]
 
 
 def run_graph(build, inputs: dict[str, np.ndarray], opset=17):
