@@ -26,7 +26,7 @@ from exporters.onnx import build_step_graph, export, max_logit_difference, read_
 from toolkit.config import TrainConfig
 from toolkit.data import in_validation, load_corpus
 from toolkit.files import UsageError
-from toolkit.model import KerasStep, build_model, rnn_layers
+from toolkit.model import KerasStep, build_model
 from toolkit.rundir import MARKER
 from toolkit.sampling.batch import sample_batch
 from toolkit.sampling.config import SampleConfig
@@ -34,19 +34,6 @@ from toolkit.sampling.reference import generate
 from toolkit.sampling.runtime import OnnxStep
 from toolkit.train import Interrupted, read_history, train
 from toolkit.vocab import BREAK, EOS, Vocab
-
-
-def test_the_notebook_model_is_expressible_with_flags():
-    """One-hot input, LSTM(128), Dense: the notebook's 119,892 parameters at its vocabulary size of 84."""
-    model = build_model(TrainConfig(embedding_dim=0, units=128, dropout=0), vocab_size=84)
-    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 119_892
-
-
-@pytest.mark.parametrize("cell, layers", [("gru", 1), ("lstm", 3)])
-def test_cells_and_depths(cell, layers):
-    model = build_model(TrainConfig(cell=cell, layers=layers, units=8, embedding_dim=4), vocab_size=10)
-    assert [type(layer).__name__ for layer in rnn_layers(model)] == [cell.upper()] * layers
-    assert model(np.ones((2, 5), np.int32)).shape == (2, 5, 10)  # logits for every position
 
 
 def test_a_run_has_checkpoints_history_config_and_vocabulary(tiny_run):
