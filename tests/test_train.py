@@ -409,6 +409,14 @@ def test_resume_with_more_epochs_follows_the_longer_cosine(old_run, titles_csv, 
     assert json.loads((run / "config.json").read_text())["config"]["epochs"] == 3
 
 
+def test_a_run_with_the_largest_seed_resumes(titles_csv, tmp_path):
+    """A resumed run seeds with (seed + epochs done), which must wrap within numpy's range."""
+    config = tiny(titles_csv, seed=2**32 - 1)
+    train(config, tmp_path / "run", verbose=0, log=lambda _: None)
+    history = train(config.replace(epochs=2), tmp_path / "run", resume=True, verbose=0, log=lambda _: None)
+    assert [row["epoch"] for row in history] == [1, 2]
+
+
 def test_resume_with_fewer_epochs_than_done_changes_nothing(old_run, titles_csv, tmp_path):
     run = copy_run(old_run, tmp_path)
     train(tiny(titles_csv, epochs=2), run, resume=True, verbose=0, log=lambda _: None)
@@ -545,7 +553,7 @@ def test_the_history_reads_back_what_an_epoch_wrote(tmp_path):
     assert (tmp_path / "history.csv").read_text().splitlines()[0] == ",".join(toolkit.train.HISTORY_COLUMNS)
 
 
-def checkpoint_on(tmp_path, monkeypatch, *, history=(), run=None, seconds=2.5):
+def checkpoint_on(tmp_path, monkeypatch, *, history=(), run=None, seconds=2.5049):
     """A RunCheckpoint on a tiny untrained model, its clock stopped so each epoch lasts `seconds`."""
     clock = iter(np.arange(100) * seconds)
     monkeypatch.setattr(toolkit.train, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
@@ -567,7 +575,7 @@ def test_an_epoch_commits_its_row_the_last_model_and_the_best_one(tmp_path, monk
     end_epoch(checkpoint, 1)
     row = checkpoint.history[0]
     lr = float(checkpoint.model.optimizer.learning_rate)
-    assert row == {"epoch": 1, **LOGS, "lr": lr, "seconds": 2.5, "chars_per_second": 400}
+    assert row == {"epoch": 1, **LOGS, "lr": lr, "seconds": 2.5, "chars_per_second": 399}  # 1000 / 2.5049
     assert read_history(out) == [row] and checkpoint.best == 3.0
     assert (out / "best.keras").read_bytes() == (out / "last.keras").read_bytes()
     best = (out / "best.keras").read_bytes()
@@ -578,6 +586,10 @@ def test_an_epoch_commits_its_row_the_last_model_and_the_best_one(tmp_path, monk
     end_epoch(checkpoint, 3, val_bpc=2.0)  # better
     assert (out / "best.keras").read_bytes() == (out / "last.keras").read_bytes() != best
     assert checkpoint.best == 2.0 and [r["epoch"] for r in read_history(out)] == [1, 2, 3]
+    best = (out / "best.keras").read_bytes()
+    checkpoint.model.set_weights([w + 1 for w in checkpoint.model.get_weights()])
+    end_epoch(checkpoint, 4, val_bpc=2.0)  # a tie: the best stays the epoch that reached it first
+    assert (out / "best.keras").read_bytes() == best != (out / "last.keras").read_bytes()
     assert sorted(p.name for p in out.iterdir()) == ["best.keras", "history.csv", "last.keras"]  # nothing pending
 
 
