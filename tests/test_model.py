@@ -112,6 +112,7 @@ def test_tying_shares_the_embedding_and_needs_one():
     assert "logits" not in names and names.count("embedding") == 1  # one layer both embeds and makes the logits
     tied = model.get_layer("embedding")
     assert [tuple(w.shape) for w in (tied.embeddings, tied.projection, tied.bias)] == [(10, 4), (8, 4), (10,)]
+    assert not tied.bias.numpy().any()  # it starts where the untied head's Dense bias starts
     with pytest.raises(UsageError, match="--tie needs an embedding"):
         TrainConfig(tie=True, embedding_dim=0)
 
@@ -143,3 +144,20 @@ def test_cells_and_depths(cell, layers):
     model = build_model(TrainConfig(cell=cell, layers=layers, units=8, embedding_dim=4), vocab_size=10)
     assert [type(layer).__name__ for layer in rnn_layers(model)] == [cell.upper()] * layers
     assert model(np.ones((2, 5), np.int32)).shape == (2, 5, 10)  # logits for every position
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("tie", [False, True])
+def test_the_keras_step_carries_state_to_the_models_own_logits(cell, tie):
+    """Training's samples step the model one character at a time: each step must give what the whole sequence
+    gives at that position, tied head included."""
+    model = build_model(TrainConfig(cell=cell, layers=2, units=8, embedding_dim=8 if tie else 4, tie=tie,
+                                    dropout=0), vocab_size=11)
+    model.set_weights([np.random.default_rng(0).normal(0, 0.5, w.shape) for w in model.get_weights()])
+    tokens = np.random.default_rng(1).integers(1, 11, size=(2, 5)).astype(np.int32)
+    whole = model(tokens).numpy()
+    step = toolkit.model.KerasStep(model)
+    state = step.initial_state(2)
+    for t in range(5):
+        logits, state = step(tokens[:, t], state)
+        np.testing.assert_allclose(logits, whole[:, t], atol=1e-5)
