@@ -288,9 +288,10 @@ def _distribution(a: Sparse, b: Sparse, sel_a: np.ndarray, sel_b: np.ndarray) ->
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Jensen-Shannon divergence in bits between the rows of two count matrices (normalised here); NaN for an
     empty row."""
-    empty = (p.sum(axis=1) == 0) | (q.sum(axis=1) == 0)  # two empty rows are not "identical": nothing to compare
+    p_total, q_total = p.sum(axis=1, keepdims=True), q.sum(axis=1, keepdims=True)
+    empty = ((p_total == 0) | (q_total == 0))[:, 0]  # two empty rows are not "identical": nothing to compare
     with np.errstate(invalid="ignore"):  # 0 / 0: an empty row, or a character neither row has
-        p, q = p / p.sum(axis=1, keepdims=True), q / q.sum(axis=1, keepdims=True)
+        p, q = p / p_total, q / q_total
         m = (p + q) / 2
         kl = [np.where(x > 0, x * np.log2(np.where(x > 0, x / m, 1)), 0).sum(axis=1) for x in (p, q)]
     return np.where(empty, np.nan, np.maximum((kl[0] + kl[1]) / 2, 0))
