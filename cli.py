@@ -17,7 +17,6 @@ from rich.markup import escape  # typer's own dependency
 
 from toolkit.config import TrainConfig
 from toolkit.files import UsageError
-from toolkit.sampling.processors import InvalidParameter
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter; errors still raise
 
@@ -26,7 +25,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                        "and score the samples.")
 
 D = TrainConfig()  # the defaults, shown in --help
-FLAGS = {"temperatures": "--temps", "prompts": "--prompt"}  # library parameters whose flag has another name
+# The one table from the library's parameter names to flags, where a flag has another name than `--` + the name
+# (a library message names its parameters; the user sees the flags of the command that ran).
+FLAGS = {"temperatures": "--temps", "prompts": "--prompt", "fmt": "--format"}
+COMMAND_FLAGS = {"pipeline": {"out": "--name"}}  # pipeline's runs/NAME and reports/NAME are its `out`s
+
+
+def flag(name: str, command: str | None = None) -> str:
+    """The flag that sets the library's parameter `name` in `command`."""
+    return COMMAND_FLAGS.get(command or "", {}).get(name) or FLAGS.get(name) or "--" + name.replace("_", "-")
 
 
 @app.callback()
@@ -86,10 +93,16 @@ def train(
     reference.json.xz."""
     flags = {k: v for k, v in locals().items() if k not in ("out", "resume", "overwrite")}
     from toolkit.config import resolve_config
-    from toolkit.data import TFDS_SCHEME, load_corpus
 
     config = resolve_config(out, flags, resume=resume, overwrite=overwrite)  # before TensorFlow loads, so
-    if config.data.startswith(TFDS_SCHEME):  # bad input fails fast; TFDS loads TensorFlow: quietly, first
+    _train(out, config, resume=resume, overwrite=overwrite)  # bad input fails fast
+
+
+def _train(out: Path, config: TrainConfig, *, resume: bool, overwrite: bool, again: str | None = None) -> None:
+    """Train (the checks done); `again` is the command that continues after Ctrl-C."""
+    from toolkit.data import TFDS_SCHEME, load_corpus
+
+    if config.data.startswith(TFDS_SCHEME):  # TFDS loads TensorFlow: quietly, first
         _import_tensorflow()
     corpus = load_corpus(config.data, config.field, config.val_fraction, config.val_data)
     _import_tensorflow()
@@ -99,8 +112,9 @@ def train(
     try:
         history = fit(config, out, resume=resume, overwrite=overwrite, log=typer.echo, corpus=corpus)
     except Interrupted as e:
+        again = again or f"python cli.py train --out {out} --resume"
         typer.echo(f"interrupted: {e.epochs} completed epoch{'s' * (e.epochs > 1)} saved in {out}; continue with "
-                   f"`python cli.py train --out {out} --resume`" if e.epochs else
+                   f"`{again}`" if e.epochs else
                    f"interrupted before the first epoch completed: nothing was written, {out} is as it was",
                    err=True)
         raise typer.Exit(130) from None
@@ -113,7 +127,8 @@ def train(
 @app.command("export-onnx")
 def export_onnx(
     run: Annotated[Path, typer.Argument(help="Run directory made by `train`.", metavar="RUN")],
-    out: Annotated[Path | None, _opt("Output file.", "RUN/model.onnx", "FILE")] = None,
+    out: Annotated[Path | None, _opt("Output .onnx file (an existing file is replaced only if charlm exported it).",
+                                     "RUN/model.onnx, or RUN/model.fp16.onnx with --fp16", "FILE")] = None,
     checkpoint: Annotated[str, _opt("best (lowest validation bits per character) or last.", "best",
                                     "best|last")] = "best",
     opset: Annotated[int, _opt("ONNX opset, 13 to 26.", 17, "N")] = 17,
@@ -122,7 +137,7 @@ def export_onnx(
     """Export one step of the model to ONNX, verified against Keras; writes MODEL.onnx and MODEL.verify.json."""
     from exporters.onnx import check_arguments, export
 
-    check_arguments(run, checkpoint, opset)  # before TensorFlow loads, so bad input fails fast
+    check_arguments(run, checkpoint, opset, out, fp16)  # before TensorFlow loads, so bad input fails fast
     _import_tensorflow()
     result = export(run, out, checkpoint=checkpoint, opset=opset, fp16=fp16)
     typer.echo(f"wrote {result.path}: max |logit difference| vs Keras {result.max_abs_diff:.2e} "
@@ -134,18 +149,20 @@ def sample_batch(
     model: Annotated[Path, _opt("Exported .onnx file.", "runs/default/model.onnx", "FILE")] = Path(
         "runs/default/model.onnx"),
     n: Annotated[int, _opt("Samples per temperature.", 1000, "N", "--n")] = 1000,
-    temps: Annotated[str, _opt("Temperatures: a comma-separated list, or start:stop:step for a sweep (0 is greedy).",
-                               "0.3,1.0,1.8", "LIST")] = "0.3,1.0,1.8",
-    out: Annotated[Path, _opt("Directory for the samples, run.json and the reports.", "reports/default",
-                              "DIR")] = Path("reports/default"),
+    temps: Annotated[str, _opt("Temperatures: a comma-separated list, or start:stop:step for a sweep (0 is greedy: "
+                               "the likeliest character, drawn among ties).", "0.3,1.0,1.8", "LIST")] = "0.3,1.0,1.8",
+    out: Annotated[Path, _opt("Directory for the samples, run.json and the reports: new, empty, or an earlier "
+                              "sample directory (replaced whole).", "reports/default", "DIR")] = Path(
+        "reports/default"),
     prompt: Annotated[list[str] | None, _opt("Start every sample with this text (repeatable: samples cycle through "
                                              "the prompts).", metavar="TEXT")] = None,
     max_len: Annotated[int, _opt("Longest sample, in characters, prompt included.", 128, "N")] = 128,
     batch_size: Annotated[int | None, _opt("Rows per chunk; bounds memory for any --n.",
                                            "1024 on CPU, 65536 on CUDA", "N")] = None,
-    top_k: Annotated[int, _opt("Sample from the k likeliest characters only; 0 is off.", 0, "K")] = 0,
-    top_p: Annotated[float, _opt("Nucleus sampling: the smallest set with this much probability; 1 is off.", 1.0,
-                                 "P")] = 1.0,
+    top_k: Annotated[int, _opt("Sample from the k likeliest characters only (ties with the k-th kept); 0 is off.", 0,
+                               "K")] = 0,
+    top_p: Annotated[float, _opt("Nucleus sampling: the likeliest characters until their probability reaches P, "
+                                 "with every character tied with the last one kept; 1 is off.", 1.0, "P")] = 1.0,
     min_p: Annotated[float, _opt("Drop characters less likely than this times the likeliest; 0 is off.", 0.0,
                                  "P")] = 0.0,
     presence_penalty: Annotated[float, _opt("Subtract this from the logit of every character the sample already "
@@ -155,7 +172,7 @@ def sample_batch(
     seed: Annotated[int, _opt("Same seed, same samples, whatever --batch-size.", 0, "N")] = 0,
     device: Annotated[str, _opt("auto uses CUDA when it really works.", "auto", "auto|cuda|cpu")] = "auto",
     tf32: Annotated[bool, _flag("Allow TF32 matrix products on CUDA: faster, logits within ~1e-2 of CPU "
-                                            "instead of ~1e-5.")] = False,
+                                "instead of ~1e-5 (no effect on CPU).")] = False,
     fmt: Annotated[str, typer.Option("--format", help=f"Parquet for millions of rows. {escape('[default: csv]')}",
                                      show_default=False, metavar="csv|parquet")] = "csv",
     report: Annotated[bool, _flag("Also write metrics.csv and report.html.")] = True,
@@ -163,22 +180,36 @@ def sample_batch(
                                            metavar="SOURCE")] = None,
 ) -> None:
     """Sample N texts at each temperature, all in one batch, on onnxruntime; writes samples, run.json and reports."""
+    from toolkit.data import check_source
     from toolkit.sampling.config import parse_temperatures, sampling_config
 
     config = sampling_config(parse_temperatures(temps), n, tuple(prompt or ()), max_len, seed, top_k=top_k,
                              top_p=top_p, min_p=min_p, presence_penalty=presence_penalty,
                              frequency_penalty=frequency_penalty)
-    _sample(model, out, config, device=device, batch_size=batch_size, tf32=tf32, fmt=fmt)
-    if report:
-        _report([out], None, train_data)
+    if train_data is not None:
+        check_source(train_data)  # before sampling, not after
+    _sample(model, out, config, device=device, batch_size=batch_size, tf32=tf32, fmt=fmt,
+            report=_report_into(train_data) if report else None)
 
 
-def _sample(model: Path, out: Path, config, **options) -> None:
+def _report_into(train_data: str | None):
+    """The report of a new sample directory, written into it before it replaces --out."""
+    def write(directory: Path) -> None:
+        from eval.report import write_report
+
+        write_report(directory, train_data)
+
+    return write
+
+
+def _sample(model: Path, out: Path, config, report=None, **options) -> None:
     from toolkit.sampling.batch import sample_batch as run_batch
 
-    run = run_batch(model, out, config, progress=_progress_bar(config.rows), **options)
+    run = run_batch(model, out, config, progress=_progress_bar(config.rows), finish=report, **options)
     typer.echo(f"{run.provider}: {run.rows:,} samples, {run.characters:,} characters in {run.seconds:.2f} s "
                f"({run.chars_per_second:,.0f} characters/s) -> {out / f'samples.{run.format}'}")
+    if report:
+        typer.echo(f"wrote {out / 'metrics.csv'} and {out / 'report.html'}")
 
 
 @app.command()
@@ -191,14 +222,10 @@ def report(
                                      "N")] = None,
 ) -> None:
     """Score samples into metrics.csv and report.html; several directories give a side-by-side comparison."""
-    if len(sample_dirs) > 1 and out is None:
-        raise UsageError("comparing several sample directories needs --out DIR for the comparison report")
-    _report(sample_dirs, out, train_data, size)
-
-
-def _report(sample_dirs: list[Path], out: Path | None, train_data: str | None, size: int | None = None) -> None:
     from eval.report import write_comparison, write_report
 
+    if len(sample_dirs) > 1 and out is None:
+        raise UsageError("comparing several sample directories needs {out} DIR for the comparison report", "out")
     paths = (write_report(sample_dirs[0], train_data, size) if out is None
              else write_comparison(sample_dirs, out, train_data, size))
     typer.echo("wrote " + " and ".join(map(str, paths)))
@@ -219,25 +246,33 @@ def pipeline(
     temps: Annotated[str, _opt("Temperatures, as for `sample-batch --temps`.", "0.3,1.0,1.8", "LIST")] = "0.3,1.0,1.8",
     seed: Annotated[int, _opt("Seed of training and sampling.", 0, "N")] = 0,
     device: Annotated[str, _opt("Sampling device.", "auto", "auto|cuda|cpu")] = "auto",
+    resume: Annotated[bool, _flag("Continue a job that stopped: training from its last epoch (or not at all, once "
+                                  "done), the export unless it is newer than the best checkpoint, then sampling and "
+                                  "the report.")] = False,
     overwrite: Annotated[bool, _flag("Replace runs/NAME if it exists.")] = False,
 ) -> None:
-    """The main job in one go: train -> export-onnx -> sample-batch -> report."""
-    run_dir, report_dir = Path("runs") / name, Path("reports") / name
+    """The main job in one go: train -> export-onnx -> sample-batch -> report. Every stage's settings, the device,
+    both output folders and the data are checked before training starts."""
+    from toolkit.pipeline import plan
+    from toolkit.sampling.config import parse_temperatures, sampling_config
+
     flags = dict(data=data, field=field, epochs=epochs, cell=cell, layers=layers, units=units,
                  embedding_dim=embedding_dim, seed=seed)
-    from toolkit.sampling.config import parse_temperatures, sampling_config
-    from toolkit.sampling.runtime import check_device
-
-    config = sampling_config(parse_temperatures(temps), n, seed=seed)  # refuse bad input before training
-    check_device(device)
-    typer.echo(f"[1/4] train -> {run_dir}")
-    train(out=run_dir, overwrite=overwrite, **flags)
-    typer.echo(f"[2/4] export-onnx -> {run_dir / 'model.onnx'}")
-    export_onnx(run_dir)
-    typer.echo(f"[3/4] sample-batch -> {report_dir}")
-    _sample(run_dir / "model.onnx", report_dir, config, device=device)
-    typer.echo(f"[4/4] report -> {report_dir / 'report.html'}")
-    _report([report_dir], None, None)
+    config = sampling_config(parse_temperatures(temps), n, seed=seed)
+    job = plan(name, flags, device=device, resume=resume, overwrite=overwrite)
+    if job.train:
+        typer.echo(f"[1/4] train -> {job.run_dir}")
+        _train(job.run_dir, job.config, resume=resume, overwrite=overwrite,
+               again=f"python cli.py pipeline --name {name} --resume")
+    else:
+        typer.echo(f"[1/4] train: {job.run_dir} has completed its {job.config.epochs} epochs")
+    if job.export:
+        typer.echo(f"[2/4] export-onnx -> {job.model}")
+        export_onnx(job.run_dir)
+    else:
+        typer.echo(f"[2/4] export-onnx: {job.model} is newer than the best checkpoint")
+    typer.echo(f"[3/4] sample-batch -> {job.report_dir}, [4/4] report -> {job.report_dir / 'report.html'}")
+    _sample(job.model, job.report_dir, config, device=device, report=_report_into(None))
 
 
 def _import_tensorflow() -> None:
@@ -277,12 +312,9 @@ def main() -> None:
         hint = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) else ""
         typer.echo(f"error: {e.format_message()}{hint}", err=True)
         sys.exit(2)
-    except InvalidParameter as e:  # the library names its parameter; the user knows the flag
-        flag = FLAGS.get(e.parameter, "--" + e.parameter.replace("_", "-"))
-        typer.echo(f"error: {flag} {e.requirement}, not {e.value!r}", err=True)
-        sys.exit(2)
-    except UsageError as e:
-        typer.echo(f"error: {e}", err=True)
+    except UsageError as e:  # the library names its parameters; the user knows the flags
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+        typer.echo(f"error: {e.render(lambda name: flag(name, command))}", err=True)
         sys.exit(2)
     sys.exit(code or 0)
 

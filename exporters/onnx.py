@@ -17,13 +17,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from toolkit import rundir, titles
 from toolkit.config import TrainConfig, load_run_config
-from toolkit.files import UsageError, atomic_path, write_text
+from toolkit.files import UsageError, atomic_path, clear_stale, write_failed, write_text
 from toolkit.sampling import contract
 from toolkit.sampling.graph import Graph, make_model
 from toolkit.vocab import BOS, SPECIALS, Vocab
-
-REFERENCE_FILE = "reference.json.xz"  # written by `train`: the titles a report compares samples with
 
 TOLERANCE = 1e-4  # float32: largest |logit difference| Keras vs onnxruntime over the check sequence
 TOLERANCE_FP16 = 5e-2  # half precision: see docs/benchmarks.md ("fp16 export") for why
@@ -175,7 +174,7 @@ def max_logit_difference(model, onnx_path: Path, vocab_size: int, seed: int = 0)
     expected = np.asarray(model(tokens.astype(np.int32), training=False))
     if not np.isfinite(expected).all():  # else NaN compares as no difference and a diverged model would pass
         raise UsageError("the checkpoint gives non-finite logits (NaN or inf): its training diverged; retrain "
-                         "with a lower --lr")
+                         "with a lower {lr}", "lr")
     step = OnnxStep(onnx_path, device="cpu")
     state = step.initial_state(CHECK_BATCH)
     diff = 0.0
@@ -195,34 +194,37 @@ class Export:
     fp16: bool
 
 
-def check_arguments(run_dir: Path, checkpoint: str, opset: int) -> tuple[TrainConfig, dict, Path]:
-    """Refuse what cannot be exported before any TensorFlow loads; returns the run's config, facts and checkpoint."""
+def check_arguments(run_dir: Path, checkpoint: str, opset: int, out: Path | None = None,
+                    fp16: bool = False) -> tuple[TrainConfig, dict, Path, Path]:
+    """Refuse what cannot be exported before any TensorFlow loads; returns the run's config, facts, checkpoint and
+    the model file to write."""
     run_dir = Path(run_dir)
-    if checkpoint not in ("best", "last"):
-        raise UsageError(f"--checkpoint must be best or last, not {checkpoint!r}")
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise UsageError(f"--opset must lie in {MIN_OPSET}..{MAX_OPSET}, not {opset}")
+    if checkpoint not in rundir.CHECKPOINTS:
+        raise UsageError(f"{{checkpoint}} must be best or last, not {checkpoint!r}", "checkpoint")
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(f"{{opset}} must lie in {MIN_OPSET}..{MAX_OPSET}, not {opset}", "opset")
     if not run_dir.is_dir():
         raise UsageError(f"run directory {run_dir} {'is not a directory' if run_dir.exists() else 'does not exist'}; "
                          "pass a directory made by `cli.py train`")
     config, facts = load_run_config(run_dir)
-    ckpt = run_dir / f"{checkpoint}.keras"
+    ckpt = run_dir / rundir.CHECKPOINTS[checkpoint]
     if not ckpt.is_file():
         raise UsageError(f"{run_dir} has no {ckpt.name} (training has not completed an epoch); train first")
-    return config, facts, ckpt
+    return config, facts, ckpt, rundir.export_target(run_dir, out, fp16)
 
 
 def export(run_dir: Path, out: Path | None = None, checkpoint: str = "best", opset: int = DEFAULT_OPSET,
            fp16: bool = False) -> Export:
     """Export a run's checkpoint; the file appears only once onnxruntime reproduces Keras within tolerance."""
     run_dir = Path(run_dir)
-    config, facts, ckpt = check_arguments(run_dir, checkpoint, opset)
+    config, facts, ckpt, out = check_arguments(run_dir, checkpoint, opset, out, fp16)
+    clear_stale(out.parent)  # what killed exports left there
     import keras
 
     import toolkit.model  # noqa: F401  registers the custom metric the checkpoint refers to
 
     try:
-        vocab = Vocab.load(run_dir / "vocab.json")
+        vocab = Vocab.load(run_dir / rundir.VOCAB)
         model = keras.saving.load_model(ckpt, compile=False)
     except Exception as e:  # missing, truncated or foreign files: Keras and json raise many types
         raise UsageError(f"cannot load {ckpt.name if ckpt.exists() else 'vocab.json'} from {run_dir} "
@@ -231,22 +233,23 @@ def export(run_dir: Path, out: Path | None = None, checkpoint: str = "best", ops
     if weights.embedding.shape[0] != vocab.size:
         raise UsageError(f"{ckpt} has {weights.embedding.shape[0]} ids but vocab.json has {vocab.size}; "
                          "the run is inconsistent")
-    reference = run_dir / REFERENCE_FILE
+    reference = run_dir / titles.FILE
     spec = contract.StepSpec(weights.cell, len(weights.layers), weights.units, vocab, config.to_dict(),
                              facts.get("data_fingerprint", ""), "float16" if fp16 else "float32",
                              reference.read_bytes() if reference.is_file() else None)
     graph = build_step_graph(weights, spec.metadata(checkpoint), opset, fp16)
-    out = Path(out) if out else run_dir / ("model.fp16.onnx" if fp16 else "model.onnx")
     tolerance = TOLERANCE_FP16 if fp16 else TOLERANCE
-    with atomic_path(out) as tmp:
-        onnx.save(graph, tmp)
+    with atomic_path(out) as tmp:  # the model appears last, once checked and its record written
+        try:
+            onnx.save(graph, tmp)
+        except (OSError, ValueError) as e:  # onnx turns some failed writes into ValueError
+            raise write_failed(out, e if isinstance(e, OSError) else OSError(str(e))) from None
         diff = max_logit_difference(model, tmp, vocab.size)
         if not diff <= tolerance:
             raise UsageError(f"verification failed: onnxruntime's logits differ from Keras' by {diff:.3g} "
                              f"(tolerance {tolerance:g}); no model written")
-    result = Export(out, diff, tolerance, opset, fp16)
-    write_text(out.with_suffix(".verify.json"), json.dumps({
-        "model": out.name, "run": str(run_dir), "checkpoint": checkpoint, "max_abs_logit_diff": diff,
-        "tolerance": tolerance, "steps": CHECK_STEPS, "batch": CHECK_BATCH, "opset": opset,
-        "precision": spec.precision}, indent=2))
-    return result
+        write_text(rundir.verify_path(out), json.dumps({
+            "model": out.name, "run": str(run_dir), "checkpoint": checkpoint, "max_abs_logit_diff": diff,
+            "tolerance": tolerance, "steps": CHECK_STEPS, "batch": CHECK_BATCH, "opset": opset,
+            "precision": spec.precision}, indent=2))
+    return Export(out, diff, tolerance, opset, fp16)

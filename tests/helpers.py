@@ -30,6 +30,13 @@ def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None
         assert word.lower() in lines[0].lower(), (word, lines[0])
 
 
+def as_cli(error: Exception, command: str | None = None) -> str:
+    """A library error as the CLI prints it: its parameters named by the flags of `command`."""
+    import cli
+
+    return f"error: {error.render(lambda name: cli.flag(name, command))}"
+
+
 def _is_library_noise(line: str) -> bool:
     """TensorFlow's C++ start-up logging, which goes to stderr before Python runs (not ours to silence)."""
     return line.startswith(("WARNING: All log messages", "I0000", "W0000", "E0000")) or "cuda_" in line

@@ -11,6 +11,7 @@ from helpers import CHARS
 import cli
 from toolkit.files import UsageError
 from toolkit.sampling.contract import StepSpec, read_reference
+from toolkit.titles import Titles
 from toolkit.vocab import BOS, EOS, PAD, UNK, Vocab
 
 REFERENCE = lzma.compress(json.dumps({"train_titles": ["a b"], "val_titles": ["c"]}).encode())
@@ -19,7 +20,7 @@ SPEC = StepSpec("gru", 2, 24, Vocab(CHARS), {"units": 24, "cell": "gru"}, "abc12
 
 def test_metadata_reads_back_as_written():
     assert StepSpec.from_metadata(SPEC.metadata("best"), "m.onnx") == SPEC
-    assert read_reference(SPEC) == {"train_titles": ["a b"], "val_titles": ["c"]}
+    assert read_reference(SPEC) == Titles(["a b"], ["c"])
 
 
 def test_metadata_states_the_reserved_ids_for_other_readers():

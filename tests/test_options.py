@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers import assert_usage_error, cli_in_process, run_cli
+from helpers import as_cli, assert_usage_error, cli_in_process, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -50,7 +50,8 @@ def test_a_config_accepts_exactly_its_ranges(name, value):
     except UsageError as e:
         assert not in_range(name, value), (name, value, e)
         flag = "--" + name.replace("_", "-")
-        assert str(e).startswith(f"{flag} must ") and "\n" not in str(e)
+        assert str(e).startswith(f"{name} must ") and "\n" not in str(e)
+        assert as_cli(e).startswith(f"error: {flag} must ")
         if name in INT_LIMITS:
             assert f"{INT_LIMITS[name][1]:,}" in str(e)  # the error says the range
         return

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import assert_usage_error, run_cli
+from helpers import as_cli, assert_usage_error, run_cli
 
 from toolkit.config import TrainConfig
 from toolkit.files import UsageError
@@ -89,7 +89,7 @@ def test_the_cli_and_the_library_refuse_the_same_outs_and_touch_nothing(make, fl
     with pytest.raises(UsageError) as e:
         train(TrainConfig(data=str(missing), units=8), out, resume="--resume" in flags,
               overwrite="--overwrite" in flags, verbose=0)
-    assert f"error: {e.value}" == result.stderr.strip().splitlines()[-1]  # word for word what the CLI says
+    assert as_cli(e.value) == result.stderr.strip().splitlines()[-1]  # word for word what the CLI says
     assert snapshot(tmp_path) == before
 
 
@@ -216,5 +216,5 @@ def test_the_library_refuses_a_resume_that_contradicts_the_run_as_the_cli_does(t
     config = TrainConfig.from_dict(json.loads((run / "config.json").read_text())["config"])
     with pytest.raises(UsageError) as e:
         train(config.replace(units=64), run, resume=True, verbose=0)
-    assert f"error: {e.value}" == result.stderr.strip().splitlines()[-1]
+    assert as_cli(e.value) == result.stderr.strip().splitlines()[-1]
     assert snapshot(run) == before

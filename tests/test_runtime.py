@@ -133,6 +133,6 @@ def test_by_default_a_step_takes_cuda_without_tf32(model, cuda_offered):
 
 def test_cuda_asked_for_but_not_started_is_refused_while_auto_falls_back(model, cuda_offered, monkeypatch):
     monkeypatch.setattr(FakeSession, "started", [CPU])
-    with pytest.raises(UsageError, match="^--device cuda: onnxruntime could not start its CUDA provider"):
+    with pytest.raises(UsageError, match="^device cuda: onnxruntime could not start its CUDA provider"):
         session(onnx.load(model), "cuda")
     assert session(onnx.load(model), "auto").get_providers() == [CPU]

@@ -24,10 +24,6 @@ FLOAT_LIMITS = {"val_fraction": (0.0, 1.0, True, True, "(0, 1), both excluded"),
                 "lr": (0.0, 1.0, True, False, "(0, 1]")}
 
 
-def _flag(name: str) -> str:
-    return f"--{name.replace('_', '-')}"
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     data: str = "ag_news:test"  # bundled, so a fresh install runs offline; tfds:ag_news_subset has 120,000 rows
@@ -48,28 +44,29 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.field in FIELDS, f"--field must be one of {', '.join(FIELDS)}, not {self.field!r}"),
-            (self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, not {self.cell!r}"),
-            (isinstance(self.data, str) and self.data != "", f"--data must name a source, not {self.data!r}"),
-            (self.val_data is None or isinstance(self.val_data, str), f"--val-data must be a path, not "
-                                                                      f"{self.val_data!r}"),
-            (isinstance(self.tie, bool), f"--tie must be true or false, not {self.tie!r}"),
-            (not self.tie or self.embedding_dim != 0, "--tie needs an embedding (--embedding-dim above 0): one-hot "
-                                                      "input has no vectors to share"),
+        checks = [  # (holds, message, the parameters it names)
+            (self.field in FIELDS, f"{{field}} must be one of {', '.join(FIELDS)}, not {self.field!r}", ("field",)),
+            (self.cell in CELLS, f"{{cell}} must be one of {', '.join(CELLS)}, not {self.cell!r}", ("cell",)),
+            (isinstance(self.data, str) and self.data != "", f"{{data}} must name a source, not {self.data!r}",
+             ("data",)),
+            (self.val_data is None or isinstance(self.val_data, str), f"{{val_data}} must be a path, not "
+                                                                      f"{self.val_data!r}", ("val_data",)),
+            (isinstance(self.tie, bool), f"{{tie}} must be true or false, not {self.tie!r}", ("tie",)),
+            (not self.tie or self.embedding_dim != 0, "{tie} needs an embedding ({embedding_dim} above 0): one-hot "
+                                                      "input has no vectors to share", ("tie", "embedding_dim")),
         ]
         for name, (low, high) in INT_LIMITS.items():
             value = getattr(self, name)
             ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-            checks.append((ok, f"{_flag(name)} must be an integer from {low} to {high:,}, not {value!r}"))
+            checks.append((ok, f"{{{name}}} must be an integer from {low} to {high:,}, not {value!r}", (name,)))
         for name, (low, high, open_low, open_high, text) in FLOAT_LIMITS.items():
             value = getattr(self, name)
             ok = (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
                   and (low < value if open_low else low <= value) and (value < high if open_high else value <= high))
-            checks.append((ok, f"{_flag(name)} must lie in {text}, not {value!r}"))
-        for ok, message in checks:
+            checks.append((ok, f"{{{name}}} must lie in {text}, not {value!r}", (name,)))
+        for ok, message, params in checks:
             if not ok:
-                raise UsageError(message)
+                raise UsageError(message, *params)
 
     def replace(self, **changes: object) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -105,8 +102,8 @@ def check_resume(saved: TrainConfig, wanted: dict[str, object]) -> None:
     """A resumed run keeps its config: any setting that differs from the saved one, except --epochs, is refused."""
     for name, value in wanted.items():
         if name != "epochs" and value is not None and getattr(saved, name) != value:
-            raise UsageError(f"{_flag(name)} {value} contradicts the run's config ({getattr(saved, name)}); drop "
-                             "the flag or train into a new --out")
+            raise UsageError(f"{{{name}}} {value} contradicts the run's config ({getattr(saved, name)}); drop "
+                             "the flag or train into a new {out}", name, "out")
 
 
 def resolve_config(out: Path, overrides: dict[str, object], *, resume: bool, overwrite: bool) -> TrainConfig:

@@ -43,13 +43,11 @@ class Corpus:
     val_titles: list[str]  # the held-out titles (the report's reference row), whatever the model validates on
 
 
-def read_rows(source: str) -> tuple[list[Row], list[Row] | None]:
-    """Read a data source; returns (rows, validation rows when the source has its own split)."""
-    if source.startswith(TFDS_SCHEME):
-        return _read_tfds(source.removeprefix(TFDS_SCHEME))
-    if source in BUNDLED:
-        with resources.as_file(resources.files("toolkit") / "corpora" / BUNDLED[source]) as path:
-            return read_csv(path), None
+def check_source(source: str) -> None:
+    """Refuse a source that cannot be read, without reading it: a named source, or an existing .csv or .txt file
+    (compressed or not). A `tfds:` name is checked when TFDS loads it."""
+    if source.startswith(TFDS_SCHEME) or source in BUNDLED:
+        return
     scheme, colon, _ = source.partition(":")
     if colon and len(scheme) > 1 and not Path(source).exists():  # one letter is a Windows drive
         raise UsageError(f"unknown data source {source!r}: use {' or '.join(BUNDLED)} (bundled), "
@@ -59,18 +57,32 @@ def read_rows(source: str) -> tuple[list[Row], list[Row] | None]:
     if not path.is_file():
         raise UsageError(f"data file {source} does not exist; pass an existing .csv or .txt file (or "
                          f"{' or '.join(BUNDLED)})")
-    kind = path.with_suffix("").suffix if path.suffix.lower() in OPENERS else path.suffix
-    if kind.lower() == ".csv":
-        return read_csv(path), None
-    if kind.lower() == ".txt":
-        return read_txt(path), None
-    raise UsageError(f"data file {source} is neither .csv (AG News format) nor .txt (one title per line), "
-                     "nor either compressed as .gz or .xz")
+    if _kind(path) not in (".csv", ".txt"):
+        raise UsageError(f"data file {source} is neither .csv (AG News format) nor .txt (one title per line), "
+                         "nor either compressed as .gz or .xz")
+
+
+def _kind(path: Path) -> str:
+    """.csv or .txt, under any compression suffix."""
+    return (path.with_suffix("").suffix if path.suffix.lower() in OPENERS else path.suffix).lower()
+
+
+def read_rows(source: str) -> tuple[list[Row], list[Row] | None]:
+    """Read a data source; returns (rows, validation rows when the source has its own split)."""
+    check_source(source)
+    if source.startswith(TFDS_SCHEME):
+        return _read_tfds(source.removeprefix(TFDS_SCHEME))
+    if source in BUNDLED:
+        with resources.as_file(resources.files("toolkit") / "corpora" / BUNDLED[source]) as path:
+            return read_csv(path), None
+    path = Path(source)
+    return (read_csv(path) if _kind(path) == ".csv" else read_txt(path)), None
 
 
 def open_text(path: Path, newline: str | None = None) -> TextIO:
-    """Open a UTF-8 text file for reading as a stream; a .gz or .xz file is decompressed on the way."""
-    return OPENERS.get(path.suffix.lower(), open)(path, "rt", encoding="utf-8", newline=newline)
+    """Open a UTF-8 text file for reading as a stream; a .gz or .xz file is decompressed on the way. A byte-order
+    mark (spreadsheet programs on Windows write one) is not part of the text."""
+    return OPENERS.get(path.suffix.lower(), open)(path, "rt", encoding="utf-8-sig", newline=newline)
 
 
 def read_csv(path: Path) -> list[Row]:
@@ -181,5 +193,6 @@ def load_corpus(source: str, field: str = "title", val_fraction: float = 0.1,
     if not corpus.train:
         raise UsageError(f"no training texts in {source} (field {field}); pass a non-empty data source")
     if not corpus.val:
-        raise UsageError(f"no validation texts from {val_source or source}; raise --val-fraction or pass --val-data")
+        raise UsageError(f"no validation texts from {val_source or source}; raise {{val_fraction}} or pass "
+                         "{val_data}", "val_fraction", "val_data")
     return corpus

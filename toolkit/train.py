@@ -109,8 +109,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         kept = (f"{self.out} keeps epoch {len(self.history)}, the last finite one" if self.run == self.out
                 else f"no epoch completed, so {self.out} is as it was")
         return UsageError(f"the loss became non-finite (NaN or inf) in epoch {self.epoch}: training diverged and "
-                          f"stopped; {kept}; train again with a lower --lr than {self.lr:g}, e.g. "
-                          f"--lr {self.lr / 10:g}")
+                          f"stopped; {kept}; train again with a lower {{lr}} than {self.lr:g}, e.g. "
+                          f"{{lr}} {self.lr / 10:g}", "lr")
 
 
 class EpochSamples(keras.callbacks.Callback):
@@ -151,12 +151,12 @@ def write_reference(run: Path, corpus: Corpus) -> None:
 def _load_run(out: Path, facts: dict, corpus: Corpus) -> tuple[Vocab, keras.Model]:
     if facts.get("data_fingerprint") != fingerprint(corpus.train):
         raise UsageError(f"the training texts differ from those {out} was trained on; resume with the same "
-                         "data, or start a new run with --overwrite")
+                         "data, or start a new run with {overwrite}", "overwrite")
     try:
         return Vocab.load(out / "vocab.json"), keras.saving.load_model(out / "last.keras")
     except Exception as e:  # missing, truncated or foreign files: Keras and json raise many types
         raise UsageError(f"cannot load the run in {out} ({str(e).splitlines()[0][:160]}); it is incomplete or "
-                         "corrupt: start a new run with --overwrite") from None
+                         "corrupt: start a new run with {overwrite}", "overwrite") from None
 
 
 def _start_run(run: Path, config: TrainConfig, vocab: Vocab, corpus: Corpus) -> None:
@@ -168,7 +168,7 @@ def _start_run(run: Path, config: TrainConfig, vocab: Vocab, corpus: Corpus) -> 
         write_reference(run, corpus)
     except OSError as e:  # a full disk, say: atomic_path has removed what it began
         raise UsageError(f"cannot write {e.filename or run}: {e.strerror}; free some space or choose another "
-                         "--out") from None
+                         "{out}", "out") from None
 
 
 def train(config: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
@@ -237,5 +237,6 @@ def _fit(config: TrainConfig, model: keras.Model | None, vocab: Vocab, corpus: C
                   shuffle=False,
                   callbacks=[checkpoint, *progress, EpochSamples(vocab, log, checkpoint, seed=config.seed)])
     except tf.errors.ResourceExhaustedError:
-        raise UsageError(f"out of memory at --batch-size {config.batch_size}, --seq-len {config.seq_len}, "
-                         f"--units {config.units}, --layers {config.layers}; lower them") from None
+        raise UsageError(f"out of memory at {{batch_size}} {config.batch_size}, {{seq_len}} {config.seq_len}, "
+                         f"{{units}} {config.units}, {{layers}} {config.layers}; lower them", "batch_size", "seq_len",
+                         "units", "layers") from None

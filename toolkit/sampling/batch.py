@@ -1,5 +1,6 @@
-"""`sample-batch`: every row of a `SampleConfig` from an exported model, in bounded chunks, to samples.csv (or
-.parquet), run.json and reference.json.xz. Needs numpy, onnxruntime and pyarrow only: no TensorFlow."""
+"""`sample-batch`: every row of a `SampleConfig` from an exported model, in bounded chunks, into a sample directory
+(samples.csv or .parquet, run.json, reference.json.xz; see toolkit.sampledir) that replaces `out` whole. Needs
+numpy, onnxruntime and pyarrow only: no TensorFlow."""
 
 from __future__ import annotations
 
@@ -17,18 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.files import UsageError, exclusive, write_bytes, write_text
+from toolkit import sampledir, titles
+from toolkit.files import UsageError, write_bytes, write_text
 from toolkit.sampling.config import SampleConfig
 from toolkit.sampling.contract import read_reference
 from toolkit.sampling.engine import Engine
 from toolkit.sampling.likelihood import bits_per_character
 from toolkit.sampling.runtime import CUDA, OnnxStep
-from toolkit.sampling.writer import FORMATS, check_format, sample_writer
+from toolkit.sampling.writer import check_format, sample_writer
 
 CHUNK_ROWS = {"cpu": 1024, "cuda": 65_536}  # the default --batch-size: see docs/benchmarks.md
 MAX_CHUNK_ROWS = 2**24
-REFERENCE_FILE = "reference.json.xz"
-STALE = ("metrics.csv", "report.html")  # the report of earlier samples in the same directory
 
 
 def cpu_cores() -> int:
@@ -58,17 +58,21 @@ class SampleRun:
 def sample_batch(model: str | Path, out: str | Path, config: SampleConfig, *, device: str = "auto",
                  batch_size: int | None = None, tf32: bool = False, fmt: str = "csv",
                  progress: Callable[[int, int], None] | None = None, step: OnnxStep | None = None,
-                 **engine_options) -> SampleRun:
-    """Write `out`/samples.{fmt}, run.json and (when the model carries its run's titles) reference.json.xz.
+                 finish: Callable[[Path], object] | None = None, **engine_options) -> SampleRun:
+    """Make the sample directory `out`: samples.{fmt}, run.json and (when the model carries its run's titles)
+    reference.json.xz, built beside `out` and swapped in whole once complete; `finish(directory)` runs on the new
+    directory before the swap (the CLI writes the report there). A failure anywhere leaves `out` as it was.
 
     Every row's draws depend only on (seed, sample_id), so any `batch_size` gives the same samples.
     `progress(rows_done, characters_done)` is called after each chunk.
     """
     check_format(fmt)
     if batch_size is not None and not 1 <= batch_size <= MAX_CHUNK_ROWS:
-        raise UsageError(f"--batch-size must be an integer from 1 to {MAX_CHUNK_ROWS:,}, not {batch_size}")
-    out = Path(out)
+        raise UsageError(f"{{batch_size}} must be an integer from 1 to {MAX_CHUNK_ROWS:,}, not {batch_size}",
+                         "batch_size")
+    sampledir.check_out(out)  # before the model loads
     step = step or OnnxStep(model, device, tf32)
+    reference = read_reference(step.spec) if step.spec.reference is not None else None  # damaged: refused now
     workers = 1 if step.provider == CUDA else cpu_cores()
     engines: queue.SimpleQueue[Engine] = queue.SimpleQueue()
     for _ in range(workers):  # on CPU an engine per core, each on one thread: see docs/benchmarks.md
@@ -83,9 +87,10 @@ def sample_batch(model: str | Path, out: str | Path, config: SampleConfig, *, de
         finally:
             engines.put(engine)
 
-    with exclusive(out):
+    with sampledir.replace_whole(out) as new:
         characters, started = 0, time.perf_counter()
-        with sample_writer(out / f"samples.{fmt}", fmt, config, step.spec.vocab) as write, \
+        with sample_writer(new / sampledir.SAMPLES[fmt], fmt, config, step.spec.vocab,
+                           Path(out) / sampledir.SAMPLES[fmt]) as write, \
                 ThreadPoolExecutor(workers, thread_name_prefix="engine") as pool:
             pending: collections.deque = collections.deque()
             for first in itertools.chain(range(0, config.rows, batch_size), [None]):  # None: take what is pending
@@ -100,19 +105,18 @@ def sample_batch(model: str | Path, out: str | Path, config: SampleConfig, *, de
                     if progress:
                         progress(int(rows[-1]) + 1, characters)
             seconds = time.perf_counter() - started
-        run = SampleRun(str(model), engine.provider, tf32, engine.cuda_graph, engine.cuda_graph_error, batch_size,
-                        engine.sync_every, fmt, config.rows, characters, seconds)
-        stale = [*STALE, *(f"samples.{other}" for other in FORMATS if other != fmt)]
-        reference_bpc = None
-        if step.spec.reference is None:
-            stale.append(REFERENCE_FILE)
-        else:
-            write_bytes(out / REFERENCE_FILE, step.spec.reference)
-            reference_bpc = bits_per_character(step, step.spec.vocab, read_reference(step.spec)["val_titles"])
-        for name in stale:
-            (out / name).unlink(missing_ok=True)  # what an earlier run left here no longer describes these samples
-        write_text(out / "run.json", json.dumps({
-            **dataclasses.asdict(run), "chars_per_second": run.chars_per_second, "sampling": config.to_dict(),
-            "train_config": step.spec.config, "data_fingerprint": step.spec.fingerprint,
-            "precision": step.spec.precision, "reference_bpc": reference_bpc}, indent=2))
+        run = SampleRun(str(model), engine.provider, tf32 and engine.provider == CUDA, engine.cuda_graph,
+                        engine.cuda_graph_error, batch_size, engine.sync_every, fmt, config.rows, characters, seconds)
+        facts = {"titles": None, "reference_bpc": None}
+        if reference is not None:
+            write_bytes(new / titles.FILE, step.spec.reference)
+            facts = {"titles": {"digest": titles.digest(step.spec.reference), "train": len(reference.train),
+                                "val": len(reference.val)},
+                     "reference_bpc": bits_per_character(step, step.spec.vocab, reference.val)}
+        write_text(new / sampledir.RUN_INFO, json.dumps({
+            "toolkit": sampledir.TOOLKIT, "layout": sampledir.LAYOUT, **dataclasses.asdict(run),
+            "chars_per_second": run.chars_per_second, "sampling": config.to_dict(), "train_config": step.spec.config,
+            "data_fingerprint": step.spec.fingerprint, "precision": step.spec.precision, **facts}, indent=2))
+        if finish:
+            finish(new)
     return run

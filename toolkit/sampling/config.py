@@ -108,18 +108,22 @@ def parse_temperatures(text: str) -> tuple[float, ...]:
         try:
             numbers = [float(x) for x in part.split(":")]
         except ValueError:
-            raise UsageError(f"--temps {text!r} is not a comma-separated list of numbers or start:stop:step "
-                             "ranges; e.g. --temps 0.3,1.0,1.8 or --temps 0.2:2.0:0.1") from None
+            raise UsageError(f"{{temperatures}} {text!r} is not a comma-separated list of numbers or start:stop:step "
+                             "ranges; e.g. {temperatures} 0.3,1.0,1.8 or {temperatures} 0.2:2.0:0.1",
+                             "temperatures") from None
         if len(numbers) == 1:
             temps += numbers
         elif len(numbers) == 3 and all(map(math.isfinite, numbers)) and numbers[2] > 0 and numbers[0] <= numbers[1]:
             start, stop, step = numbers
             count = math.floor((stop - start) / step + 1e-9) + 1
             if len(temps) + count > MAX_TEMPERATURES:
-                raise UsageError(f"--temps {part} gives {count:,} temperatures; at most {MAX_TEMPERATURES} in all")
+                raise UsageError(f"{{temperatures}} {part} gives {count:,} temperatures; at most {MAX_TEMPERATURES} in "
+                                 "all", "temperatures")
             temps += [round(start + i * step, 10) for i in range(count)]
         else:
-            raise UsageError(f"--temps range {part!r} must be start:stop:step with start <= stop and step > 0")
+            raise UsageError(f"{{temperatures}} range {part!r} must be start:stop:step with start <= stop and step > 0",
+                             "temperatures")
     if not temps:
-        raise UsageError("--temps is empty; give at least one temperature, e.g. --temps 1.0")
+        raise UsageError("{temperatures} is empty; give at least one temperature, e.g. {temperatures} 1.0",
+                         "temperatures")
     return tuple(temps)

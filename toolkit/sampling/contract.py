@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
-import lzma
 from dataclasses import dataclass
 
+from toolkit import titles
 from toolkit.files import UsageError
 from toolkit.vocab import SPECIALS, Vocab
 
@@ -73,12 +73,6 @@ class StepSpec:
         return spec
 
 
-def read_reference(spec: StepSpec) -> dict[str, list[str]]:
-    """The run's titles the model carries: {"train_titles": [...], "val_titles": [...]}."""
-    try:
-        data = json.loads(lzma.decompress(spec.reference))
-        if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("train_titles", "val_titles")):
-            raise ValueError("train_titles or val_titles missing")
-    except (lzma.LZMAError, ValueError, TypeError) as e:
-        raise UsageError(f"the model's reference titles are damaged ({e}); export the model again") from None
-    return data
+def read_reference(spec: StepSpec) -> titles.Titles:
+    """The run's titles the model carries."""
+    return titles.parse(spec.reference, "the model's reference titles are", "export the model again")

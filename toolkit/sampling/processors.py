@@ -34,7 +34,7 @@ class InvalidParameter(UsageError):
 
     def __init__(self, parameter: str, requirement: str, value: object):
         self.parameter, self.requirement, self.value = parameter, requirement, value
-        super().__init__(f"{parameter} {requirement}, not {value!r}")
+        super().__init__(f"{{{parameter}}} {requirement}, not {value!r}", parameter)
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,27 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper
 
 from toolkit.files import UsageError
 from toolkit.sampling import contract
+from toolkit.sampling.graph import make_model
 
 DEVICES = ("auto", "cuda", "cpu")
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 
-def check_device(device: str) -> None:
+def check_device(device: str, start: bool = False) -> None:
+    """Refuse an unknown device; with `start`, also `cuda` where onnxruntime cannot really start its CUDA provider
+    (it lists the provider as available even then), by starting a session of a one-node model: a fraction of a
+    second, so a command checks it before its first expensive step."""
     if device not in DEVICES:
-        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
+        raise UsageError(f"{{device}} must be one of {', '.join(DEVICES)}, not {device!r}", "device")
+    if start and device == "cuda":
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        session(make_model(graph), device)
 
 
 @dataclass(frozen=True)
@@ -77,8 +87,8 @@ def session(model: onnx.ModelProto, device: str = "auto", *, tf32: bool = False,
         raise UsageError(f"onnxruntime cannot run this model ({str(e).splitlines()[0][:200]}); export it again "
                          "with `python cli.py export-onnx RUN`") from None
     if device == "cuda" and sess.get_providers()[0] != CUDA:
-        raise UsageError("--device cuda: onnxruntime could not start its CUDA provider on this machine "
-                         "(no GPU, or CUDA/cuDNN libraries missing); use --device cpu or auto")
+        raise UsageError("{device} cuda: onnxruntime could not start its CUDA provider on this machine "
+                         "(no GPU, or CUDA/cuDNN libraries missing); use {device} cpu or auto", "device")
     return sess
 
 

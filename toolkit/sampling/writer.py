@@ -11,18 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.files import UsageError, atomic_path
+from toolkit.files import UsageError, atomic_path, write_failed
+from toolkit.sampledir import COLUMNS, FORMATS
 from toolkit.sampling.config import SampleConfig
 from toolkit.sampling.reference import Batch
 from toolkit.vocab import Vocab
 
-FORMATS = ("csv", "parquet")
-COLUMNS = ("sample_id", "temperature", "prompt", "text", "length", "finished", "logprob", "seed")
-
 
 def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        raise UsageError(f"{{fmt}} must be one of {', '.join(FORMATS)}, not {fmt!r}", "fmt")
 
 
 def table(rows: np.ndarray, batch: Batch, config: SampleConfig, vocab: Vocab):
@@ -30,12 +28,13 @@ def table(rows: np.ndarray, batch: Batch, config: SampleConfig, vocab: Vocab):
     import pyarrow as pa
 
     offsets, data = vocab.utf8_rows(batch.ids)
-    return pa.table({
+    columns = {
         "sample_id": rows, "temperature": config.row_temperatures(rows),
         "prompt": pa.array(config.prompts).take(config.row_prompts(rows)),
         "text": pa.StringArray.from_buffers(rows.size, pa.py_buffer(offsets), pa.py_buffer(data)),
         "length": np.count_nonzero(batch.ids, axis=1).astype(np.int32), "finished": batch.finished,
-        "logprob": batch.logprob.astype(np.float64), "seed": np.full(rows.size, config.seed, np.uint64)})
+        "logprob": batch.logprob.astype(np.float64), "seed": np.full(rows.size, config.seed, np.uint64)}
+    return pa.table({name: columns[name] for name in COLUMNS})
 
 
 def _open(path: Path, fmt: str, schema):
@@ -49,13 +48,15 @@ def _open(path: Path, fmt: str, schema):
 
 
 @contextlib.contextmanager
-def sample_writer(path: Path, fmt: str, config: SampleConfig, vocab: Vocab) -> Iterator[Callable[[np.ndarray, Batch],
-                                                                                                   None]]:
-    """Yield `write(rows, batch)`; the file appears whole at `path` when the block ends, or not at all.
+def sample_writer(path: Path, fmt: str, config: SampleConfig, vocab: Vocab,
+                  shown: Path | None = None) -> Iterator[Callable[[np.ndarray, Batch], None]]:
+    """Yield `write(rows, batch)`; the file appears whole at `path` when the block ends, or not at all. Errors name
+    `shown` (default `path`): where the user will find the file.
 
     At most two chunks wait for the writer, so memory stays bounded by the chunk size whatever the number of rows.
     """
     check_format(fmt)
+    shown = shown or path
     with atomic_path(path) as tmp:
         pending: queue.Queue = queue.Queue(maxsize=2)
         failed: list[BaseException] = []
@@ -80,7 +81,7 @@ def sample_writer(path: Path, fmt: str, config: SampleConfig, vocab: Vocab) -> I
 
         def write(rows: np.ndarray, batch: Batch) -> None:
             if failed:
-                raise _writing_error(path, failed[0])
+                raise _writing_error(shown, failed[0])
             pending.put((rows, batch))
 
         try:
@@ -89,10 +90,10 @@ def sample_writer(path: Path, fmt: str, config: SampleConfig, vocab: Vocab) -> I
             pending.put(None)
             thread.join()
         if failed:
-            raise _writing_error(path, failed[0])
+            raise _writing_error(shown, failed[0])
 
 
 def _writing_error(path: Path, error: BaseException) -> BaseException:
     if isinstance(error, OSError):
-        return UsageError(f"cannot write {path}: {error.strerror or error}; free some space or choose another --out")
+        return write_failed(path, error, "choose another {out}", "out")
     return error

@@ -1,0 +1,69 @@
+"""`pipeline`'s plan: every stage's settings, the device, the output folders and the data checked before the first
+stage starts, and which stages a resumed job still has to run.
+
+No TensorFlow here: the plan is made, and bad input refused, before any loads.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit import rundir, sampledir
+from toolkit.config import TrainConfig, resolve_config
+from toolkit.data import check_source
+from toolkit.files import UsageError
+from toolkit.sampling.runtime import check_device
+
+RUNS, REPORTS = Path("runs"), Path("reports")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_name(name: str) -> str:
+    """A run name is one plain path component: it names runs/NAME and reports/NAME, nothing outside them."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or name in (".", ".."):
+        raise UsageError(f"{{name}} {name!r} must be a plain name (letters, digits, '.', '_', '-', starting with a "
+                         "letter or digit), e.g. {name} agnews", "name")
+    return name
+
+
+@dataclass(frozen=True)
+class Plan:
+    run_dir: Path
+    report_dir: Path
+    config: TrainConfig
+    train: bool  # False: a resumed job whose training has completed its epochs
+    resume: bool  # continue the run in run_dir
+    export: bool  # False: a resumed job whose model.onnx is newer than its best checkpoint
+
+    @property
+    def model(self) -> Path:
+        return self.run_dir / rundir.MODEL
+
+
+def plan(name: str, overrides: dict[str, object], *, device: str, resume: bool = False, overwrite: bool = False,
+         train_data: str | None = None, root: Path = Path()) -> Plan:
+    """Check everything the four stages need, cheaply, and say which stages run. `overrides` are train's settings
+    (None: not given). Raises UsageError, naming the library's parameters (`out` is runs/NAME and reports/NAME)."""
+    check_name(name)
+    run_dir, report_dir = root / RUNS / name, root / REPORTS / name
+    check_device(device, start=True)
+    sampledir.check_out(report_dir)
+    config = resolve_config(run_dir, overrides, resume=resume, overwrite=overwrite)
+    done = resume and _epochs(run_dir) >= config.epochs
+    for source in (config.data, config.val_data, train_data):
+        if source is not None and not (done and source != train_data):
+            check_source(source)
+    model = rundir.export_target(run_dir, None)
+    fresh = (resume and model.is_file() and (run_dir / rundir.CHECKPOINTS["best"]).is_file()
+             and model.stat().st_mtime >= (run_dir / rundir.CHECKPOINTS["best"]).stat().st_mtime)
+    return Plan(run_dir, report_dir, config, train=not done, resume=resume, export=not (done and fresh))
+
+
+def _epochs(run_dir: Path) -> int:
+    """Epochs the run has completed (the rows of its history)."""
+    try:
+        return max(len((run_dir / rundir.HISTORY).read_text(encoding="utf-8").splitlines()) - 1, 0)
+    except OSError:
+        return 0
