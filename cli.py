@@ -192,11 +192,13 @@ def sample_batch(
             report=_report_into(train_data) if report else None)
 
 
-def _report_into(train_data: str | None):
+def _report_into(train_data: str | None, announce: str | None = None):
     """The report of a new sample directory, written into it before it replaces --out."""
     def write(directory: Path) -> None:
         from eval.report import write_report
 
+        if announce:
+            typer.echo(announce)
         write_report(directory, train_data)
 
     return write
@@ -271,8 +273,9 @@ def pipeline(
         export_onnx(job.run_dir)
     else:
         typer.echo(f"[2/4] export-onnx: {job.model} is newer than the best checkpoint")
-    typer.echo(f"[3/4] sample-batch -> {job.report_dir}, [4/4] report -> {job.report_dir / 'report.html'}")
-    _sample(job.model, job.report_dir, config, device=device, report=_report_into(None))
+    typer.echo(f"[3/4] sample-batch -> {job.report_dir}")
+    _sample(job.model, job.report_dir, config, device=device,
+            report=_report_into(None, f"[4/4] report -> {job.report_dir / 'report.html'}"))
 
 
 def _import_tensorflow() -> None:

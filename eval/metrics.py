@@ -1,81 +1,51 @@
 """Diversity, repetition, novelty, distance to real titles and model likelihood of sampled titles, per
-temperature, beside the same figures for real titles, each with a confidence interval.
+temperature, beside the same figures for real titles, each with a confidence interval; and the registry that says,
+for each metric, what it is, how it is computed, where the report shows it and whether it is bounded.
 
-Fair comparison: distinct-n, self-BLEU, duplicates, Zipf and the distances depend on how many texts a group holds,
-so every group (each temperature and the reference) is scored on subsamples of one common size: k disjoint random
-subsamples where a group holds k times that size, averaged.
+Two kinds of figures (`Metric.kind`):
 
-Distances to the reference are measured between halves (half the common size on each side), averaged over the
-bootstrap's halves, and the reference row holds the distance between two disjoint halves of the reference: what
-chance alone gives at that size, the floor a temperature can reach.
+- Streamed (mean length, finished rate, bits per character, exact copies): a ratio of per-text sums over every
+  sample (eval.stream reads them a chunk at a time), with the textbook normal interval of a ratio estimator.
+- The others, on a seeded random subset of each group (eval.stream.SUBSET texts at most). distinct-n, self-BLEU,
+  duplicates, Zipf and the distances depend on how many texts a group holds, so every group (each temperature and
+  the reference) is scored on subsamples of one common size: k disjoint random subsamples of its subset, averaged.
+  The per-text rates (repetition, novelty of n-grams, near-copies) are scored the same way.
 
-Intervals: a bootstrap over texts that draws half of each subsample without replacement (B times, seeded), then
-scales the spread by sqrt(h / (m - h)) for h of m texts drawn, which makes its variance that of the usual
-bootstrap for a mean. Drawing with replacement would put the same text twice in a group, which distinct-n,
-self-BLEU and the duplicate rate count as repetition. The interval is the estimate plus the centred 2.5% and
-97.5% quantiles of the scaled replicates.
+Distances to the reference are measured between halves (half the common size on each side), and the reference row
+holds the distance between two disjoint halves of the reference: what chance alone gives at that size, the floor a
+temperature can reach.
+
+Intervals of the subset metrics: a bootstrap over texts that draws half of each subsample without replacement
+(B times, seeded), then scales the spread by sqrt(h / (m - h)) for h of m texts drawn, which makes its variance
+that of the usual bootstrap for a mean. Drawing with replacement would put the same text twice in a group, which
+distinct-n, self-BLEU and the duplicate rate count as repetition. The interval is the estimate plus the centred
+2.5% and 97.5% quantiles of the scaled replicates. The estimate averages all k subsamples; the bootstrap runs on the
+first J = min(k, BOOT_SUBSAMPLES) of them (each replicate the mean of their half-samples), and as the k subsamples
+are independent draws of one distribution, its spread is scaled by sqrt(J / k): the interval of the mean of k. So
+the cost grows with k, not with k times B.
 
 Words are `text.lower().split()`; n-grams are consecutive words within one text. Everything is numpy arrays over
-all replicates at once: 10,000 texts a group cost seconds, not minutes.
+all replicates at once.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from eval.novelty import (
-    CHAR_ORDERS,
-    NEAR_COPY_CAP,
-    NEAR_COPY_THRESHOLD,
-    Novelty,
-    TrainingTitles,
-    ngrams,
-    novelty,
-    words,
-)
+from eval.novelty import CHAR_ORDERS, NEAR_COPY_CAP, NEAR_COPY_THRESHOLD, Novelty, TrainingTitles, novelty, words
 from toolkit.files import UsageError
 
-# Column order of the metrics table, with the definitions the report prints as its legend.
-METRICS = {
-    "distinct_1": "distinct words / words (Li et al. 2016)",
-    "distinct_2": "distinct word bigrams / words",
-    "distinct_3": "distinct word trigrams / words",
-    "self_bleu": "mean BLEU-4 of each text against all the others (Zhu et al. 2018; NLTK smoothing method 1); "
-                 "lower is more diverse",
-    "duplicate_rate": "1 - distinct texts / texts",
-    "zipf": "Zipf coefficient: minus the least-squares slope of log word frequency on log rank, over all words",
-    "repetition_rate": "share of texts in which some word bigram occurs more than once",
-    "seq_rep_2": "mean over texts with a bigram of 1 - distinct bigrams / bigrams (Welleck et al. 2019)",
-    "novelty": "share of texts that are not exactly a training title (surrounding whitespace ignored)",
-    "copy_rate": "1 - novelty: share of texts copied whole from the training titles",
-    "near_copy_rate": f"share of texts within normalised edit distance {NEAR_COPY_THRESHOLD:g} (Levenshtein "
-                      f"distance / longer length) of some training title; searched in up to {NEAR_COPY_CAP:,} "
-                      "texts a group",
-    "novel_3gram_rate": "share of word trigrams (with multiplicity) found in no training title (McCoy et al. 2021)",
-    "length_ks": "Kolmogorov-Smirnov statistic between the group's and the reference's lengths in characters",
-    "length_wasserstein": "Wasserstein distance between the group's and the reference's lengths, in characters",
-    "js_char_bigrams": "Jensen-Shannon divergence (bits, 0 to 1) between the group's and the reference's "
-                       "character-bigram distributions",
-    "js_words": "Jensen-Shannon divergence (bits) between the group's and the reference's word distributions. "
-                "Distances are measured between halves (half the common size each side), averaged over the "
-                "bootstrap's halves; the reference row is the distance between two disjoint halves of the "
-                "reference: what chance alone gives at that size",
-    "mean_length": "mean characters per text",
-    "finished_rate": "share of texts that ended with end-of-title rather than at the length limit",
-    "bpc": "bits per character under the model (its raw distribution, end-of-title included); the reference "
-           "row is run.json's reference_bpc",
-}
-CURVE = {n: f"novel_char_{n}" for n in CHAR_ORDERS}  # the novelty curve: one column per n-gram length
-DISTANCES = ("length_ks", "length_wasserstein", "js_char_bigrams", "js_words")
-UNBOUNDED = {"zipf", "length_wasserstein", "mean_length", "bpc"}  # the other metrics lie in [0, 1]
 BOOTSTRAP = 200  # replicates
+BOOT_SUBSAMPLES = 2  # subsamples the bootstrap runs on (J above)
+DISTANCE_PAIRS = 10  # half-sample pairs a distance averages in each of the other subsamples
 CONFIDENCE = 0.95
 SMOOTHING_EPSILON = 0.1  # NLTK SmoothingFunction().method1's count for an n-gram order without matches
 ROWS_AT_ONCE = 64  # replicates per numpy pass: bounds memory at [64, n-grams of a subsample]
@@ -108,6 +78,32 @@ class Sparse:
 
 
 @dataclass(frozen=True)
+class Columns:
+    """Per text, what the streamed metrics read: length in characters, finished (0/1), the model's
+    log-probability (None when the samples have none) and whether the text is a training title (0/1)."""
+
+    length: np.ndarray
+    finished: np.ndarray
+    logprob: np.ndarray | None
+    copy: np.ndarray
+
+    def take(self, rows: np.ndarray) -> Columns:
+        return Columns(self.length[rows], self.finished[rows], None if self.logprob is None else self.logprob[rows],
+                       self.copy[rows])
+
+
+@dataclass(frozen=True)
+class Features:
+    """Per text, what the per-text rates of the subset read."""
+
+    repeated: np.ndarray  # some word bigram occurs twice
+    seq_rep: np.ndarray  # 1 - distinct bigrams / bigrams
+    has_bigram: np.ndarray
+    found: Novelty | None  # the comparison with the training titles
+    ones: np.ndarray
+
+
+@dataclass(frozen=True)
 class Texts:
     """What the metrics read of a list of texts, as arrays with one row per text."""
 
@@ -119,33 +115,24 @@ class Texts:
     rates: dict[str, tuple[np.ndarray, np.ndarray]]  # per text, numerator and denominator of each rate
 
     @classmethod
-    def build(cls, texts: Sequence[str], finished: np.ndarray, found: Novelty | None = None,
-              logprob: np.ndarray | None = None) -> Texts:
+    def build(cls, texts: Sequence[str], finished: np.ndarray | None = None, found: Novelty | None = None) -> Texts:
         """Without `found` (the comparison with the training titles), the novelty rates are left out."""
         tokens = [words(t) for t in texts]
+        n_words = np.fromiter(map(len, tokens), np.int64, len(tokens))
         grams = _word_grams(tokens)
-        bigrams = [ngrams(t, 2) for t in tokens]
-        length = np.fromiter(map(len, texts), np.float64, len(texts))
-        repeated = np.array([len(set(b)) < len(b) for b in bigrams], np.float64)
-        seq_rep = np.array([1 - len(set(b)) / len(b) if b else 0.0 for b in bigrams])
-        ones = np.ones(len(texts))
-        rates = {
-            "repetition_rate": (repeated, ones),
-            "seq_rep_2": (seq_rep, np.array([bool(b) for b in bigrams], np.float64)),
-            "mean_length": (length, ones),
-            "finished_rate": (np.asarray(finished, np.float64), ones),
-        }
-        if found is not None:
-            rates |= {
-                "novelty": (1.0 - found.copy, ones),
-                "near_copy_rate": (np.nan_to_num(found.near_copy), (~np.isnan(found.near_copy)).astype(np.float64)),
-                "novel_3gram_rate": (found.novel_trigrams, found.trigrams),
-                **{name: (found.novel_chars[:, j], found.chars[:, j]) for j, name in enumerate(CURVE.values())},
-            }
-        if logprob is not None:
-            rates["bpc"] = (-np.asarray(logprob, np.float64) / math.log(2), length + finished)
-        return cls(grams, _char_bigrams(texts), pd.factorize(pd.Series(texts, dtype=object))[0],
-                   np.array([len(t) for t in tokens], np.int64), length, rates)
+        bigrams = grams[1]
+        distinct = np.diff(bigrams.indptr)
+        total = np.bincount(bigrams.owner, weights=bigrams.counts, minlength=len(texts))
+        features = Features(repeated=(total > distinct).astype(np.float64),
+                            seq_rep=_ratio(total - distinct, total, 0.0), has_bigram=(total > 0).astype(np.float64),
+                            found=found, ones=np.ones(len(texts)))
+        rates = {}
+        for metric in RATES:
+            pair = metric.compute(features)
+            if pair is not None:
+                rates[metric.name] = tuple(np.asarray(x, np.float64) for x in pair)
+        return cls(grams, _char_bigrams(texts), pd.factorize(pd.Series(texts, dtype=object))[0], n_words,
+                   np.fromiter(map(len, texts), np.float64, len(texts)), rates)
 
     def take(self, rows: np.ndarray) -> Texts:
         return Texts(tuple(g.take(rows) for g in self.grams), self.char_bigrams.take(rows), self.text_id[rows],
@@ -154,15 +141,23 @@ class Texts:
 
 
 def _word_grams(tokens: list[list[str]]) -> tuple[Sparse, ...]:
-    ids: dict[tuple[str, ...], int] = {}
-    out = []
-    for n in range(1, 5):
-        owner, found = [], []
-        for i, t in enumerate(tokens):
-            for g in ngrams(t, n):
-                owner.append(i)
-                found.append(ids.setdefault(g, len(ids)))
-        out.append(Sparse.build(np.array(owner, np.int64), np.array(found, np.int64), len(tokens)))
+    """Word n-grams of orders 1-4 as Sparse multisets, numbered over all the texts: each order's id is the pair
+    (the id of the n-gram one shorter, the next word), renumbered, so no n-gram is ever built as a tuple."""
+    lengths = np.fromiter(map(len, tokens), np.int64, len(tokens))
+    owner = np.repeat(np.arange(len(tokens)), lengths)
+    ids = pd.factorize(pd.Series(list(itertools.chain.from_iterable(tokens)), dtype=object))[0].astype(np.int64)
+    width = int(ids.max(initial=0)) + 1
+    out = [Sparse.build(owner, ids, len(tokens))]
+    current, valid = ids, np.ones(ids.size, bool)
+    for n in range(2, 5):
+        nxt, m = np.zeros(ids.size, bool), max(ids.size - n + 1, 0)  # m: positions an n-gram can start at
+        nxt[:m] = valid[:m] & (owner[n - 1:] == owner[:m])
+        valid = nxt
+        start = np.flatnonzero(valid)
+        pair = current[start] * width + ids[start + n - 1]
+        current = np.zeros(ids.size, np.int64)
+        current[start] = np.unique(pair, return_inverse=True)[1].ravel()
+        out.append(Sparse.build(owner[start], current[start], len(tokens)))
     return tuple(out)
 
 
@@ -265,16 +260,19 @@ def _zipf(unigrams: Sparse, sel: np.ndarray) -> np.ndarray:
 
 
 def _pool(texts: Texts, sel: np.ndarray) -> dict[str, np.ndarray]:
-    """Every metric but the distances, for each replicate (row of `sel`) of one subsample."""
+    """Every subset metric but the distances, for each replicate (row of `sel`) of one subsample."""
     chosen = sel.astype(np.float64)
-    out = {f"distinct_{n}": _distinct(texts.grams[n - 1], texts.n_words, chosen) for n in (1, 2, 3)}
-    out["self_bleu"] = _self_bleu(texts.grams, texts.n_words, chosen)
-    distinct_texts = _counts(np.arange(texts.text_id.size), texts.text_id, None, chosen)
-    out["duplicate_rate"] = 1 - _ratio((distinct_texts > 0).sum(axis=1), chosen.sum(axis=1), 1.0)
-    out["zipf"] = _zipf(texts.grams[0], chosen)
-    for name, (num, den) in texts.rates.items():
-        out[name] = _ratio(chosen @ num, chosen @ den, math.nan if name in ("near_copy_rate", "bpc") else 0.0)
+    out = {m.name: m.compute(texts, chosen) for m in SETS}
+    for m in RATES:
+        if m.name in texts.rates:
+            num, den = texts.rates[m.name]
+            out[m.name] = _ratio(chosen @ num, chosen @ den, m.empty)
     return out
+
+
+def _duplicate_rate(texts: Texts, chosen: np.ndarray) -> np.ndarray:
+    held = _counts(np.arange(texts.text_id.size), texts.text_id, None, chosen)
+    return 1 - _ratio((held > 0).sum(axis=1), chosen.sum(axis=1), 1.0)
 
 
 def _distribution(a: Sparse, b: Sparse, sel_a: np.ndarray, sel_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -297,36 +295,153 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.where(empty, np.nan, np.maximum((kl[0] + kl[1]) / 2, 0))
 
 
-def _distances(a: Texts, b: Texts, sel_a: np.ndarray, sel_b: np.ndarray) -> dict[str, np.ndarray]:
-    """Distances between group a and group b, replicate by replicate (row r of sel_a against row r of sel_b)."""
-    sel_a, sel_b = sel_a.astype(np.float64), sel_b.astype(np.float64)
+def _length_gap(a: Texts, b: Texts, sel_a: np.ndarray, sel_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """|CDF_a - CDF_b| of the lengths on their joint support, per replicate, and the support."""
     support, ids = np.unique(np.concatenate([a.length, b.length]), return_inverse=True)
     n = a.length.size
     cdf = [np.cumsum(_counts(np.arange(n), ids[:n], None, sel_a, support.size), axis=1),
            np.cumsum(_counts(np.arange(b.length.size), ids[n:], None, sel_b, support.size), axis=1)]
     with np.errstate(divide="ignore", invalid="ignore"):
-        gap = np.abs(cdf[0] / cdf[0][:, -1:] - cdf[1] / cdf[1][:, -1:])
-    return {"length_ks": gap.max(axis=1),
-            "length_wasserstein": (gap[:, :-1] * np.diff(support)).sum(axis=1),
-            "js_char_bigrams": js_divergence(*_distribution(a.char_bigrams, b.char_bigrams, sel_a, sel_b)),
-            "js_words": js_divergence(*_distribution(a.grams[0], b.grams[0], sel_a, sel_b))}
+        return np.abs(cdf[0] / cdf[0][:, -1:] - cdf[1] / cdf[1][:, -1:]), support
+
+
+def _ks(a: Texts, b: Texts, sel_a: np.ndarray, sel_b: np.ndarray) -> np.ndarray:
+    return _length_gap(a, b, sel_a, sel_b)[0].max(axis=1)
+
+
+def _wasserstein(a: Texts, b: Texts, sel_a: np.ndarray, sel_b: np.ndarray) -> np.ndarray:
+    gap, support = _length_gap(a, b, sel_a, sel_b)
+    return (gap[:, :-1] * np.diff(support)).sum(axis=1)
+
+
+def _distances(a: Texts, b: Texts, sel_a: np.ndarray, sel_b: np.ndarray) -> dict[str, np.ndarray]:
+    """Distances between group a and group b, replicate by replicate (row r of sel_a against row r of sel_b)."""
+    sel_a, sel_b = sel_a.astype(np.float64), sel_b.astype(np.float64)
+    return {m.name: m.compute(a, b, sel_a, sel_b) for m in DISTANCE_METRICS}
 
 
 def distances(a: Sequence[str], b: Sequence[str]) -> dict[str, float]:
     """The distances of DISTANCES between two whole groups of texts (no subsampling)."""
-    texts = Texts.build([*a, *b], np.ones(len(a) + len(b), bool))
+    texts = Texts.build([*a, *b])
     found = _distances(texts.take(np.arange(len(a))), texts.take(np.arange(len(a), len(a) + len(b))),
                        np.ones((1, len(a)), bool), np.ones((1, len(b)), bool))
     return {k: float(v[0]) for k, v in found.items()}
 
 
+# --- the registry: a metric is one entry ------------------------------------------------------------------------
+
+DIVERSITY, NOVELTY, DISTANCE, REPETITION = ("Diversity", "Novelty", "Distance to real titles",
+                                            "Repetition, length, likelihood")  # the report's tables, in order
+PANELS = ("diversity (higher is more diverse; self-BLEU: lower)", "novelty", "repetition",
+          "distance to real titles (lower is closer)", "bits per character under the model")  # its trend panels
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One column of the metrics table (with `_lo` and `_hi`).
+
+    kind: "streamed" (`compute(Columns)` -> per-text numerator and denominator, over every sample), "rate" (the
+    same from `Features`, over the subset), "set" (`compute(Texts, chosen)` -> one value per replicate) or
+    "distance" (`compute(a, b, chosen_a, chosen_b)`: a group against the reference, half against half). A
+    compute that returns None has nothing to measure (no log-probabilities, no training titles).
+    """
+
+    name: str
+    legend: str
+    kind: str
+    compute: Callable
+    table: str | None = None  # the HTML table that shows it
+    panel: str | None = None  # the panel of metrics against temperature that draws it
+    bounded: bool = True  # lies in [0, 1]
+    empty: float = 0.0  # a rate's value when its denominator is 0
+
+
+def _curve(n: int, j: int) -> Metric:
+    return Metric(f"novel_char_{n}", f"share of character {n}-grams found in no training title", "rate",
+                  lambda f: None if f.found is None else (f.found.novel_chars[:, j], f.found.chars[:, j]))
+
+
+REGISTRY: tuple[Metric, ...] = (
+    Metric("distinct_1", "distinct words / words (Li et al. 2016)", "set",
+           lambda t, c: _distinct(t.grams[0], t.n_words, c), DIVERSITY, PANELS[0]),
+    Metric("distinct_2", "distinct word bigrams / words", "set",
+           lambda t, c: _distinct(t.grams[1], t.n_words, c), DIVERSITY, PANELS[0]),
+    Metric("distinct_3", "distinct word trigrams / words", "set",
+           lambda t, c: _distinct(t.grams[2], t.n_words, c), DIVERSITY, PANELS[0]),
+    Metric("self_bleu", "mean BLEU-4 of each text against all the others (Zhu et al. 2018; NLTK smoothing method 1); "
+                        "lower is more diverse", "set",
+           lambda t, c: _self_bleu(t.grams, t.n_words, c), DIVERSITY, PANELS[0]),
+    Metric("duplicate_rate", "1 - distinct texts / texts", "set", _duplicate_rate, DIVERSITY, PANELS[2]),
+    Metric("zipf", "Zipf coefficient: minus the least-squares slope of log word frequency on log rank, over all words",
+           "set", lambda t, c: _zipf(t.grams[0], c), DIVERSITY, bounded=False),
+    Metric("repetition_rate", "share of texts in which some word bigram occurs more than once", "rate",
+           lambda f: (f.repeated, f.ones), REPETITION, PANELS[2]),
+    Metric("seq_rep_2", "mean over texts with a bigram of 1 - distinct bigrams / bigrams (Welleck et al. 2019)",
+           "rate", lambda f: (f.seq_rep, f.has_bigram), REPETITION, PANELS[2]),
+    Metric("novelty", "share of texts that are not exactly a training title (surrounding whitespace ignored)",
+           "streamed", lambda c: (1 - c.copy, np.ones_like(c.copy)), NOVELTY, PANELS[1]),
+    Metric("copy_rate", "1 - novelty: share of texts copied whole from the training titles", "streamed",
+           lambda c: (c.copy, np.ones_like(c.copy)), NOVELTY),
+    Metric("near_copy_rate", f"share of texts within normalised edit distance {NEAR_COPY_THRESHOLD:g} (Levenshtein "
+                             f"distance / longer length) of some training title; searched in up to {NEAR_COPY_CAP:,} "
+                             "texts a group", "rate",
+           lambda f: None if f.found is None else (np.nan_to_num(f.found.near_copy),
+                                                   (~np.isnan(f.found.near_copy)).astype(np.float64)),
+           NOVELTY, PANELS[1], empty=math.nan),
+    Metric("novel_3gram_rate", "share of word trigrams (with multiplicity) found in no training title (McCoy et al. "
+                               "2021)", "rate",
+           lambda f: None if f.found is None else (f.found.novel_trigrams, f.found.trigrams), NOVELTY, PANELS[1]),
+    Metric("length_ks", "Kolmogorov-Smirnov statistic between the group's and the reference's lengths in characters",
+           "distance", _ks, DISTANCE, PANELS[3]),
+    Metric("length_wasserstein", "Wasserstein distance between the group's and the reference's lengths, in "
+                                 "characters", "distance", _wasserstein, DISTANCE, bounded=False),
+    Metric("js_char_bigrams", "Jensen-Shannon divergence (bits, 0 to 1) between the group's and the reference's "
+                              "character-bigram distributions", "distance",
+           lambda a, b, sa, sb: js_divergence(*_distribution(a.char_bigrams, b.char_bigrams, sa, sb)), DISTANCE,
+           PANELS[3]),
+    Metric("js_words", "Jensen-Shannon divergence (bits) between the group's and the reference's word distributions. "
+                       "Distances are measured between halves (half the common size each side), averaged over the "
+                       "bootstrap's halves; the reference row is the distance between two disjoint halves of the "
+                       "reference: what chance alone gives at that size", "distance",
+           lambda a, b, sa, sb: js_divergence(*_distribution(a.grams[0], b.grams[0], sa, sb)), DISTANCE, PANELS[3]),
+    Metric("mean_length", "mean characters per text", "streamed", lambda c: (c.length, np.ones_like(c.length)),
+           REPETITION, bounded=False),
+    Metric("finished_rate", "share of texts that ended with end-of-title rather than at the length limit", "streamed",
+           lambda c: (c.finished, np.ones_like(c.finished)), REPETITION),
+    Metric("bpc", "bits per character under the model (its raw distribution, end-of-title included); the reference "
+                  "row is run.json's reference_bpc", "streamed",
+           lambda c: None if c.logprob is None else (-c.logprob / math.log(2), c.length + c.finished), REPETITION,
+           PANELS[4], bounded=False),
+    *(_curve(n, j) for j, n in enumerate(CHAR_ORDERS)),
+)
+BY_NAME = {m.name: m for m in REGISTRY}
+CURVE = {n: f"novel_char_{n}" for n in CHAR_ORDERS}  # the novelty curve: one column per n-gram length
+METRICS = {m.name: m.legend for m in REGISTRY if m.name not in CURVE.values()}  # column order, with legends
+STREAMED = tuple(m for m in REGISTRY if m.kind == "streamed")
+RATES = tuple(m for m in REGISTRY if m.kind == "rate")
+SETS = tuple(m for m in REGISTRY if m.kind == "set")
+DISTANCE_METRICS = tuple(m for m in REGISTRY if m.kind == "distance")
+DISTANCES = tuple(m.name for m in DISTANCE_METRICS)
+UNBOUNDED = {m.name for m in REGISTRY if not m.bounded}
+TABLES = {title: tuple(m.name for m in REGISTRY if m.table == title) for title in (DIVERSITY, NOVELTY, DISTANCE,
+                                                                                   REPETITION)}
+TRENDS = {panel: tuple(m.name for m in REGISTRY if m.panel == panel) for panel in PANELS}
+
+
+# --- scoring --------------------------------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
 class Group:
+    """A group to score: its subset of texts, and (from eval.stream) how many samples it holds in all and its
+    streamed metrics over all of them (est, low, high); without them, both come from `texts` alone."""
+
     label: str
     temperature: float
     texts: list[str]
     finished: np.ndarray
     logprob: np.ndarray | None = None
+    samples: int | None = None
+    streamed: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -347,85 +462,155 @@ def _pools(group: Group, size: int, seed: int) -> _Pools:
     return _Pools(order[:k * size].reshape(k, size), np.concatenate([np.ones((1, size), bool), half]))
 
 
-def metrics_table(samples: pd.DataFrame, train: TrainingTitles | Sequence[str], val_titles: Sequence[str], *,
-                  size: int | None = None, reference_bpc: float | None = None, seed: int = 0) -> pd.DataFrame:
-    """One row per temperature (columns `temperature`, `text`, `finished`, optionally `logprob`, of samples.csv),
-    sorted, then a `reference` row for the held-out titles, so a reader sees which temperature looks like real
-    text. Each metric has `_lo` and `_hi` columns: its confidence interval. `size` is the common subsample size
-    (default: the smallest group).
-    """
-    train = train if isinstance(train, TrainingTitles) else TrainingTitles(train)
-    logprob = "logprob" in samples
-    groups = [Group(f"T={t:g}", float(t), g["text"].tolist(), g["finished"].to_numpy(bool),
-                    g["logprob"].to_numpy(np.float64) if logprob else None)
-              for t, g in samples.groupby("temperature", sort=True)]
-    groups.append(Group("reference", math.nan, list(val_titles), np.ones(len(val_titles), bool),
-                        np.zeros(len(val_titles)) if logprob else None))  # its bpc is reference_bpc instead
-    smallest = min(groups, key=lambda g: len(g.texts))
+def streamed_values(columns: Columns) -> dict[str, tuple[float, float, float]]:
+    """The streamed metrics of texts held in memory (the reference, a small group)."""
+    from eval.stream import Sums
+
+    out = {}
+    for m in STREAMED:
+        pair = m.compute(columns)
+        if pair is not None:
+            sums = Sums()
+            sums.add(*pair)
+            out[m.name] = sums.interval(_z(), math.inf if not m.bounded else 1.0)
+    return out
+
+
+def _z() -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf((1 + CONFIDENCE) / 2)
+
+
+def score(groups: Sequence[Group], reference: Group, train: TrainingTitles, *, size: int | None = None,
+          reference_bpc: float | None = None, seed: int = 0) -> pd.DataFrame:
+    """One row per group, in the order given, then the reference row. `size` is the common subsample size
+    (default: the smallest group, the reference included)."""
+    everyone = [*groups, reference]
+    smallest = min(everyone, key=lambda g: len(g.texts))
     if size is not None and not 1 <= size <= len(smallest.texts):
-        raise UsageError(f"--size {size} must lie between 1 and the smallest group ({smallest.label} holds "
-                         f"{len(smallest.texts)} texts); pass --size {len(smallest.texts)} or less")
+        raise UsageError(f"{{size}} {size} must lie between 1 and the smallest group ({smallest.label} holds "
+                         f"{len(smallest.texts)} texts); pass {{size}} {len(smallest.texts)} or less", "size")
     size = len(smallest.texts) if size is None else size
-    pools = [_pools(g, size, seed) for g in groups]
+    pools = [_pools(g, size, seed) for g in everyone]
+    logprob = any(g.logprob is not None for g in groups)
     # one Texts for every scored text of every group, so n-gram ids are shared; near-copies only in the first
     # NEAR_COPY_CAP texts of each group, spread over its subsamples
-    texts, finished, lp, searched, offsets = [], [], [], [], [0]
-    for g, p in zip(groups, pools, strict=True):
-        rows = p.rows.ravel()
-        texts += [g.texts[i] for i in rows]
-        finished.append(g.finished[rows])
-        lp.append(g.logprob[rows] if g.logprob is not None else np.zeros(rows.size))
+    texts, searched, offsets = [], [], [0]
+    for g, p in zip(everyone, pools, strict=True):
+        texts += [g.texts[i] for i in p.rows.ravel()]
         k = len(p.rows)  # the cap's texts spread over the subsamples as evenly as they go
         quota = NEAR_COPY_CAP // k + (np.arange(k) < NEAR_COPY_CAP % k)
         searched.append((np.arange(size)[None, :] < quota[:, None]).ravel())
-        offsets.append(offsets[-1] + rows.size)
-    everything = Texts.build(texts, np.concatenate(finished), novelty(texts, train, np.concatenate(searched)),
-                             np.concatenate(lp) if logprob else None)
+        offsets.append(offsets[-1] + p.rows.size)
+    everything = Texts.build(texts, None, novelty(texts, train, np.concatenate(searched)))
     subsamples = [[everything.take(np.arange(offsets[i] + j * size, offsets[i] + (j + 1) * size))
                    for j in range(len(p.rows))] for i, p in enumerate(pools)]
-    reference, ref_pools = subsamples[-1], pools[-1]
+    reference_subs, reference_pools = subsamples[-1], pools[-1]
     rows = []
-    for g, p, subs in zip(groups, pools, subsamples, strict=True):
-        values = _mean([_pool(s, p.sel) for s in subs])
-        if g.label == "reference":  # distances between two disjoint halves of the reference: chance's share
-            values |= _mean([_distances(s, s, p.sel[1:], ~p.sel[1:]) for s in subs])
-        else:
-            values |= _mean([_distances(s, reference[j % len(reference)], p.sel[1:], ref_pools.sel[1:])
-                             for j, s in enumerate(subs)])
-        row = {"group": g.label, "temperature": g.temperature, "samples": len(g.texts), "size": size,
-               "subsamples": len(p.rows)}
-        for name in [*METRICS, *CURVE.values()]:
-            if name == "copy_rate":
-                est, lo, hi = 1 - row["novelty"], 1 - row["novelty_hi"], 1 - row["novelty_lo"]
-            elif name == "bpc" and g.label == "reference":  # a figure of the sampler's, without an interval
+    for g, p, subs in zip(everyone, pools, subsamples, strict=True):
+        is_reference = g is reference
+        values = _subset_values(subs, p, reference_subs, reference_pools, is_reference, size)
+        streamed = g.streamed or streamed_values(_columns(g, train))
+        row = {"group": g.label, "temperature": g.temperature, "samples": g.samples or len(g.texts),
+               "scored": len(g.texts), "size": size, "subsamples": len(p.rows)}
+        for m in REGISTRY:
+            if m.name == "bpc" and is_reference:  # a figure of the sampler's, without an interval
                 est, lo, hi = math.nan if reference_bpc is None else float(reference_bpc), math.nan, math.nan
-            elif name not in values:
+            elif m.name == "bpc" and not logprob:
                 est = lo = hi = math.nan
+            elif m.kind == "streamed":
+                est, lo, hi = streamed.get(m.name, (math.nan,) * 3)
             else:
-                est, lo, hi = _interval(name, values[name], size)
-            row |= {name: est, f"{name}_lo": lo, f"{name}_hi": hi}
+                est, lo, hi = values.get(m.name, (math.nan,) * 3)
+            row |= {m.name: est, f"{m.name}_lo": lo, f"{m.name}_hi": hi}
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _mean(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Average each metric's replicates over a group's subsamples."""
+def _columns(group: Group, train: TrainingTitles) -> Columns:
+    return Columns(np.fromiter(map(len, group.texts), np.float64, len(group.texts)),
+                   np.asarray(group.finished, np.float64),
+                   None if group.logprob is None else np.asarray(group.logprob, np.float64),
+                   np.fromiter((t.strip() in train.exact for t in group.texts), np.float64, len(group.texts)))
+
+
+def _subset_values(subs: list[Texts], p: _Pools, reference: list[Texts], reference_pools: _Pools,
+                   is_reference: bool, size: int) -> dict[str, tuple[float, float, float]]:
+    """(estimate, low, high) of every subset metric of one group: see the module's docstring."""
+    k = len(subs)
+    boot = min(k, BOOT_SUBSAMPLES)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices stay NaN
-        return {k: np.nanmean([p[k] for p in parts], axis=0) for k in parts[0]}
+        pooled = [_pool(s, p.sel if j < boot else p.sel[:1]) for j, s in enumerate(subs)]
+        distances = []
+        for j, s in enumerate(subs):
+            halves = p.sel[1:] if j < boot else p.sel[1:1 + DISTANCE_PAIRS]
+            if is_reference:  # two disjoint halves of the reference: chance's share
+                distances.append(_distances(s, s, halves, ~halves))
+            else:
+                other = reference_pools.sel[1:1 + halves.shape[0]]
+                distances.append(_distances(s, reference[j % len(reference)], halves, other))
+        out = {}
+        scale = math.sqrt(boot / k) if k else math.nan
+        for name in pooled[0] if pooled else ():
+            est = float(np.nanmean([x[name][0] for x in pooled]))
+            reps = np.nanmean([x[name][1:] for x in pooled[:boot]], axis=0)
+            out[name] = _bounds(name, est, reps, size, scale)
+        for name in distances[0] if distances else ():
+            est = float(np.nanmean([np.nanmean(x[name]) if np.isfinite(x[name]).any() else np.nan
+                                    for x in distances]))
+            reps = np.nanmean([x[name] for x in distances[:boot]], axis=0)
+            out[name] = _bounds(name, est, reps, size, scale)
+    return out
+
+
+def metrics_table(samples: pd.DataFrame, train: TrainingTitles | Sequence[str], val_titles: Sequence[str], *,
+                  size: int | None = None, reference_bpc: float | None = None, seed: int = 0,
+                  subset: int | None = None) -> pd.DataFrame:
+    """One row per temperature (columns `temperature`, `text`, `finished`, optionally `logprob`, of samples.csv),
+    sorted, then a `reference` row for the held-out titles, so a reader sees which temperature looks like real
+    text. Each metric has `_lo` and `_hi` columns: its confidence interval. `size` is the common subsample size
+    (default: the smallest group); `subset` the texts per group the subset metrics read (default eval.stream's)."""
+    from eval.stream import SUBSET, Streams, reference_stream
+
+    train = train if isinstance(train, TrainingTitles) else TrainingTitles(train)
+    logprob = "logprob" in samples
+    streams = Streams(train, subset or SUBSET, seed)
+    streams.add(samples["temperature"].to_numpy(np.float64), samples["text"].astype(str).tolist(),
+                samples["finished"].to_numpy(bool), samples["logprob"].to_numpy(np.float64) if logprob else None)
+    groups = [stream_group(s, logprob) for s in streams.groups()]
+    reference = stream_group(reference_stream(list(val_titles), train, subset or SUBSET, seed), False, "reference")
+    return score(groups, reference, train, size=size, reference_bpc=reference_bpc, seed=seed)
+
+
+def stream_group(stream, logprob: bool, label: str | None = None) -> Group:
+    """A Group of an eval.stream.GroupStream: its subset, its number of samples and its streamed metrics."""
+    z = _z()
+    streamed = {m.name: stream.sums[m.name].interval(z, 1.0 if m.bounded else math.inf)
+                for m in STREAMED if m.name in stream.sums}
+    return Group(label or f"T={stream.temperature:g}", stream.temperature if label is None else math.nan,
+                 stream.texts, stream.finished, stream.logprob if logprob else None, stream.rows, streamed)
 
 
 def _interval(name: str, values: np.ndarray, size: int) -> tuple[float, float, float]:
-    """(estimate, low, high): values[0] is the estimate and values[1:] the half-sample replicates; a distance has
-    only replicates (between halves), and its estimate is their mean."""
+    """(estimate, low, high) of one subsample's replicates: values[0] is the estimate and values[1:] the half-sample
+    replicates; a distance has only replicates (between halves), and its estimate is their mean."""
     distance = name in DISTANCES
     reps = values[int(not distance):]
+    finite = reps[~np.isnan(reps)]
+    est = (float(finite.mean()) if finite.size else math.nan) if distance else float(values[0])
+    return _bounds(name, est, reps, size, 1.0)
+
+
+def _bounds(name: str, est: float, reps: np.ndarray, size: int, scale: float) -> tuple[float, float, float]:
+    """The estimate plus the centred 2.5% and 97.5% quantiles of the replicates, scaled by sqrt(h / (m - h)) and by
+    `scale`, clipped to the metric's range."""
     reps = reps[~np.isnan(reps)]
-    est = (float(reps.mean()) if reps.size else math.nan) if distance else float(values[0])
     if math.isnan(est) or reps.size < 2 or size < 2:  # one text a subsample: no half to draw
         return est, math.nan, math.nan
     half = size // 2
     tails = [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2]
-    lo, hi = est + math.sqrt(half / (size - half)) * (np.quantile(reps, tails) - reps.mean())
+    lo, hi = est + scale * math.sqrt(half / (size - half)) * (np.quantile(reps, tails) - reps.mean())
     top = math.inf if name in UNBOUNDED else 1.0
     return est, float(min(max(lo, 0.0), est)), float(max(min(hi, top), est))

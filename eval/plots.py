@@ -16,19 +16,17 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from eval.metrics import CURVE
+from eval.metrics import CURVE, DISTANCES, TRENDS, UNBOUNDED
 
-TRENDS = {
-    "diversity (higher is more diverse; self-BLEU: lower)": ("distinct_1", "distinct_2", "distinct_3", "self_bleu"),
-    "novelty": ("novelty", "near_copy_rate", "novel_3gram_rate"),
-    "repetition": ("repetition_rate", "seq_rep_2", "duplicate_rate"),
-    "distance to real titles (lower is closer)": ("length_ks", "js_char_bigrams", "js_words"),
-    "bits per character under the model": ("bpc",),
-}
-UNIT_PANELS = ("novelty", "repetition")  # panels whose metrics are shares: drawn on 0..1
 FRONTIER = ("js_words", "distinct_2")  # fidelity (x, lower is closer to real titles), diversity (y)
 LINE_STYLES = ("-", "--", "-.", (0, (1, 1)))  # one per run in a comparison
 MARKERS = ("o", "s", "^", "D")
+MAX_LABELS = 15  # temperatures named beside their points on the frontier
+
+
+def _evenly(n: int, most: int) -> np.ndarray:
+    """Indices of at most `most` of n items, evenly spaced, the first and the last included."""
+    return np.unique(np.linspace(0, n - 1, min(n, most)).round().astype(int)) if n else np.zeros(0, int)
 
 
 def svg(fig: Figure) -> str:
@@ -68,7 +66,8 @@ def frontier(tables: dict[str, pd.DataFrame]) -> str:
                     linestyle=LINE_STYLES[j % len(LINE_STYLES)], linewidth=1, marker=MARKERS[j % len(MARKERS)],
                     markersize=5, capsize=2,
                     label=f"{_plain(run)}: temperatures" if len(tables) > 1 else "temperatures")
-        for _, row in temps.iterrows():
+        labelled = temps.iloc[_evenly(len(temps), MAX_LABELS)]
+        for _, row in labelled.iterrows():
             ax.annotate(f"{row['temperature']:g}", (row[x], row[y]), textcoords="offset points", xytext=(5, 4),
                         fontsize=8, color=colour)
         ax.errorbar([ref[x]], [ref[y]], xerr=_errors(ref.to_frame().T, x), yerr=_errors(ref.to_frame().T, y),
@@ -102,8 +101,8 @@ def trends(tables: dict[str, pd.DataFrame]) -> str:
                     if not math.isnan(ref[f"{name}_lo"]):
                         ax.axhspan(ref[f"{name}_lo"], ref[f"{name}_hi"], color=f"C{i}", alpha=0.08, linewidth=0)
         ax.set(title=title, xlabel="temperature")
-        if any(title.startswith(p) for p in UNIT_PANELS) or title.startswith("diversity"):
-            ax.set_ylim(-0.02, 1.02)
+        if not any(name in UNBOUNDED or name in DISTANCES for name in names):
+            ax.set_ylim(-0.02, 1.02)  # shares
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     for ax in axes[len(panels):]:
@@ -116,35 +115,42 @@ def trends(tables: dict[str, pd.DataFrame]) -> str:
     return svg(fig)
 
 
-def lengths(samples: pd.DataFrame, reference: Sequence[str]) -> str:
-    """Histograms of length in characters: each temperature's beside the reference's, one panel each."""
-    groups = list(samples.groupby("temperature", sort=True))
+def lengths(histograms: dict[float, np.ndarray], reference: Sequence[str], most: int) -> str:
+    """Histograms of length in characters over every sample: each temperature's beside the reference's, one panel
+    each, for at most `most` temperatures (evenly spaced, named in the title when some are left out)."""
+    temperatures = sorted(histograms)
+    shown = [temperatures[i] for i in _evenly(len(temperatures), most)]
     real = np.array([len(t) for t in reference])
-    top = max(int(real.max(initial=1)), int(samples["text"].str.len().max()))
+    top = max(int(real.max(initial=1)), max((h.size - 1 for h in histograms.values()), default=1))
     bins = np.arange(0, top + 5, max(1, math.ceil(top / 40)))
-    cols = min(4, len(groups))
-    rows = math.ceil(len(groups) / cols)
+    cols = min(4, len(shown))
+    rows = math.ceil(len(shown) / cols)
     fig = Figure(figsize=(3.3 * cols, 2.3 * rows + 0.3), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True, sharey=True)).ravel()
-    for ax, (t, group) in zip(axes, groups, strict=False):
+    for ax, t in zip(axes, shown, strict=False):
+        counts = histograms[t]
         ax.hist(real, bins=bins, density=True, color="0.75", label="reference")
-        ax.hist(group["text"].str.len(), bins=bins, density=True, histtype="step", linewidth=1.5, color="C0",
-                label=f"T={t:g}")
+        ax.hist(np.arange(counts.size), bins=bins, weights=counts, density=True, histtype="step", linewidth=1.5,
+                color="C0", label=f"T={t:g}")
         ax.set_title(f"T={t:g}", fontsize=9)
         ax.legend(fontsize="x-small")
-    for ax in axes[len(groups):]:
+    for ax in axes[len(shown):]:
         ax.set_visible(False)
-    fig.supxlabel("length (characters)", fontsize=9)
+    left_out = f" ({len(shown)} of {len(temperatures):,} temperatures, evenly spaced)" if len(shown) < len(
+        temperatures) else ""
+    fig.supxlabel(f"length (characters){left_out}", fontsize=9)
     return svg(fig)
 
 
-def novelty_curve(tables: dict[str, pd.DataFrame]) -> str:
-    """Share of character n-grams absent from the training titles against n, per temperature, with bands."""
+def novelty_curve(tables: dict[str, pd.DataFrame], most: int) -> str:
+    """Share of character n-grams absent from the training titles against n, per temperature (at most `most` of
+    them a run, evenly spaced), with bands."""
     fig = Figure(figsize=(7.2, 3.8), layout="constrained")
     ax = fig.subplots()
     orders = list(CURVE)
     for j, table in enumerate(tables.values()):
         temps = table[table["group"] != "reference"]
+        temps = temps.iloc[_evenly(len(temps), most)]
         colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, max(len(temps), 1)))
         for colour, (_, row) in zip(colours, [*temps.iterrows()], strict=True):
             _band(ax, orders, row, colour, LINE_STYLES[j % len(LINE_STYLES)], row["group"] if j == 0 else None)

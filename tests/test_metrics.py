@@ -82,10 +82,10 @@ def test_groups_are_scored_at_one_size_on_disjoint_subsamples():
 def test_a_size_larger_than_a_group_is_refused():
     from toolkit.files import UsageError
 
-    with pytest.raises(UsageError, match=r"--size 6 .*T=1 holds 5"):
+    with pytest.raises(UsageError, match=r"^size 6 .*T=1 holds 5"):
         table({1.0: TEXTS}, size=6)
     for nothing in (0, -1):  # not "the default": a size of no text is a mistake to name
-        with pytest.raises(UsageError, match=f"--size {nothing} must lie between 1"):
+        with pytest.raises(UsageError, match=f"^size {nothing} must lie between 1"):
             table({1.0: TEXTS}, size=nothing)
 
 

@@ -113,7 +113,7 @@ def test_tying_shares_the_embedding_and_needs_one():
     tied = model.get_layer("embedding")
     assert [tuple(w.shape) for w in (tied.embeddings, tied.projection, tied.bias)] == [(10, 4), (8, 4), (10,)]
     assert not tied.bias.numpy().any()  # it starts where the untied head's Dense bias starts
-    with pytest.raises(UsageError, match="--tie needs an embedding"):
+    with pytest.raises(UsageError, match="^tie needs an embedding"):
         TrainConfig(tie=True, embedding_dim=0)
 
 

@@ -182,7 +182,7 @@ BAD_INPUTS = {
     "damaged parquet": (lambda d: (d / "samples.parquet").write_bytes(b"PAR1 not really"), "samples.parquet"),
     "corrupt run.json": (lambda d: (d / "run.json").write_text("{"), "run.json"),
     "reference_bpc not a number": (lambda d: (d / "run.json").write_text('{"reference_bpc": "low"}'), "reference_bpc"),
-    "no reference file": (lambda d: (d / "reference.json.xz").unlink(), "--train-data"),
+    "no reference file": (lambda d: (d / "reference.json.xz").unlink(), "pass train_data"),
     "corrupt reference file": (lambda d: (d / "reference.json.xz").write_bytes(b"\xfd7zXZ\x00junk"), "reference"),
     "reference not lists": (lambda d: write_reference(d, train="a title"), "train_titles"),
     "reference without val titles": (lambda d: write_reference(d, val=[]), "val_titles"),

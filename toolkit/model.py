@@ -347,3 +347,24 @@ class KerasStep:
     @staticmethod
     def select(state: tuple[np.ndarray, ...], rows: np.ndarray) -> tuple[np.ndarray, ...]:
         return tuple(s[:, rows] for s in state)
+
+
+def load_checkpoint(path: str | os.PathLike, checkpoint: str = "best", compile: bool = False) -> keras.Model:
+    """The one call that opens a run's Keras model: `path` is a run directory (its best.keras, or last.keras with
+    `checkpoint="last"`) or a .keras file. `keras.saving.load_model` alone cannot: the checkpoint holds this
+    module's layers (charlm>LSTM, ...), which Keras finds only once this module is imported. `compile=True` restores
+    the optimizer too, to train on."""
+    from pathlib import Path
+
+    from toolkit.files import UsageError
+    from toolkit.rundir import CHECKPOINTS
+
+    path = Path(path)
+    file = path / CHECKPOINTS[checkpoint] if path.is_dir() else path
+    if not file.is_file():
+        raise UsageError(f"{file} does not exist; pass a run directory made by `cli.py train` or its .keras file")
+    try:
+        return keras.saving.load_model(file, compile=compile)
+    except Exception as e:  # missing, truncated or foreign files: Keras raises many types
+        raise UsageError(f"cannot load {file} ({str(e).splitlines()[0][:160]}); the run is incomplete or "
+                         "corrupt") from None

@@ -258,9 +258,12 @@ class Samples:
     def _names(self) -> list[str]:
         try:
             if self.path.suffix == ".csv":
+                import pyarrow as pa
                 import pyarrow.csv
 
-                with pyarrow.csv.open_csv(self.path, convert_options=self._convert(None)) as reader:
+                with pyarrow.csv.open_csv(self.path, read_options=pyarrow.csv.ReadOptions(block_size=1 << 16),
+                                          convert_options=pyarrow.csv.ConvertOptions(
+                                              column_types=dict.fromkeys(COLUMNS, pa.string()))) as reader:
                     return reader.schema.names
             import pyarrow.parquet
 

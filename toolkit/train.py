@@ -117,14 +117,15 @@ class EpochSamples(keras.callbacks.Callback):
     """The notebook's sampling callback: after every epoch, its speed and a few titles at each temperature."""
 
     def __init__(self, vocab: Vocab, log: Callable[[str], None], checkpoint: RunCheckpoint, per_temp: int = 2,
-                 seed: int = 0):
+                 seed: int = 0, epochs: int = 0):
         super().__init__()
         self.vocab, self.log, self.checkpoint, self.per_temp, self.seed = vocab, log, checkpoint, per_temp, seed
+        self.epochs = epochs  # the run's total, for the epoch's line
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         row = self.checkpoint.history[-1]  # the epoch the checkpoint has just committed
-        self.log(f"  epoch {row['epoch']:.0f}: validation {row['val_bpc']:.3f} bits/char (best "
-                 f"{self.checkpoint.best:.3f}), "
+        self.log(f"  epoch {row['epoch']:.0f}/{self.epochs}: training {row['bpc']:.3f}, validation "
+                 f"{row['val_bpc']:.3f} bits/char (best {self.checkpoint.best:.3f}), {row['seconds']:.0f} s, "
                  f"{row['chars_per_second']:,.0f} characters/s, learning rate {row['lr']:.3g}")
         config = SampleConfig(EPOCH_SAMPLE_TEMPS, n=self.per_temp, max_len=100, seed=self.seed + epoch)
         rows = np.arange(config.rows)
@@ -187,6 +188,8 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, overwrite: bo
         check_resume(saved, config.to_dict())
         config = saved.replace(epochs=config.epochs)
     corpus = corpus or load_corpus(config.data, config.field, config.val_fraction, config.val_data)
+    built = Vocab.build(corpus.train)
+    built.check_known(corpus.val)  # before anything is written
     run = out if resume else new_run_dir(out)
     lock = lock_run(run)
     history: list[dict[str, float]] = []
@@ -203,7 +206,7 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, overwrite: bo
             if config.epochs != saved.epochs:  # the new total is the truth from now on
                 save_run_config(out / "config.json", config, **{k: v for k, v in facts.items() if k != "config"})
         else:
-            vocab, model = Vocab.build(corpus.train), None
+            vocab, model = built, None
             _start_run(run, config, vocab, corpus)
         checkpoint = RunCheckpoint(run, out, history, predicted_characters(corpus.train), config.lr, overwrite)
         _fit(config, model, vocab, corpus, checkpoint, log, verbose, done=len(history))
@@ -228,14 +231,15 @@ def _fit(config: TrainConfig, model: keras.Model | None, vocab: Vocab, corpus: C
         model = build_model(config, vocab.size, steps_per_epoch=steps)
     else:
         model.optimizer.learning_rate = lr_schedule(config, steps)  # the configured total may have changed
-    if verbose == "auto":
-        verbose = 1 if sys.stdout.isatty() else 2  # a bar on a terminal, a line per epoch in a log
+    if verbose == "auto":  # a bar on a terminal while an epoch runs; the epoch's line is ours (EpochSamples)
+        verbose = 1 if sys.stdout.isatty() else 0
     # Our own progress bar ahead of the samples, so that an epoch's line is complete before they print.
     progress = [keras.callbacks.ProgbarLogger()] if verbose else []
     try:
         model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=done, verbose=verbose,
                   shuffle=False,
-                  callbacks=[checkpoint, *progress, EpochSamples(vocab, log, checkpoint, seed=config.seed)])
+                  callbacks=[checkpoint, *progress, EpochSamples(vocab, log, checkpoint, seed=config.seed,
+                                                                    epochs=config.epochs)])
     except tf.errors.ResourceExhaustedError:
         raise UsageError(f"out of memory at {{batch_size}} {config.batch_size}, {{seq_len}} {config.seq_len}, "
                          f"{{units}} {config.units}, {{layers}} {config.layers}; lower them", "batch_size", "seq_len",

@@ -15,6 +15,7 @@ from toolkit.files import UsageError, write_text
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 BREAK = "\x1e"  # leads a training text that continues a finished title: it starts with <eos>, not <bos>
+MAX_UNKNOWN = 0.01  # share of validation characters outside the vocabulary beyond which validation means little
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,19 @@ class Vocab:
         if unknown:
             raise UsageError(f"{what} {text!r} has characters outside the model's vocabulary: {unknown!r}")
         return self.encode(text)
+
+    def check_known(self, texts: Iterable[str]) -> None:
+        """Refuse validation texts whose characters the training texts mostly never show: each would be <unk>, so
+        bits per character on them would look normal and mean little (the bundled split has 0.013%)."""
+        total = unknown = 0
+        for text in texts:
+            text = text.removeprefix(BREAK)
+            total += len(text)
+            unknown += sum(ch not in self.index for ch in text)
+        if total and unknown / total > MAX_UNKNOWN:
+            raise UsageError(f"{unknown / total:.1%} of the validation texts' characters never occur in the training "
+                             f"texts (at most {MAX_UNKNOWN:.0%} may): each would be <unk> and the validation figure "
+                             "would mean little; pass {val_data} in the training texts' alphabet", "val_data")
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """Ids to text, stopping at the first <eos> and dropping the other reserved ids."""

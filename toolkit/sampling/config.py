@@ -115,7 +115,11 @@ def parse_temperatures(text: str) -> tuple[float, ...]:
             temps += numbers
         elif len(numbers) == 3 and all(map(math.isfinite, numbers)) and numbers[2] > 0 and numbers[0] <= numbers[1]:
             start, stop, step = numbers
-            count = math.floor((stop - start) / step + 1e-9) + 1
+            span = (stop - start) / step  # inf or beyond any count when the step is tiny against the range
+            if not span < MAX_TEMPERATURES:
+                raise UsageError(f"{{temperatures}} {part} gives more than {MAX_TEMPERATURES:,} temperatures; at most "
+                                 f"{MAX_TEMPERATURES} in all: take a larger step", "temperatures")
+            count = math.floor(span + 1e-9) + 1
             if len(temps) + count > MAX_TEMPERATURES:
                 raise UsageError(f"{{temperatures}} {part} gives {count:,} temperatures; at most {MAX_TEMPERATURES} in "
                                  "all", "temperatures")

@@ -41,7 +41,7 @@ from toolkit.sampling.head import (
 )
 from toolkit.sampling.processors import inverse_temperature
 from toolkit.sampling.reference import Batch, forced_ids
-from toolkit.sampling.runtime import CUDA, OnnxStep, session
+from toolkit.sampling.runtime import CUDA, OnnxStep, run_failed, runtime_errors, session
 from toolkit.vocab import BOS, EOS, PAD
 
 SYNC_EVERY = {"cpu": 8, "cuda": 8}  # steps between reads of the history: see docs/benchmarks.md
@@ -138,7 +138,15 @@ class Engine:
             return self._generate(np.asarray(rows, np.int64))
         except UsageError:  # the model's fault (non-finite logits), not the graphs'
             raise
-        except Exception as e:  # onnxruntime's errors are untyped; without graphs any error raises again below
+        except runtime_errors() as e:  # without graphs, the model's fault: one line
+            if not self.cuda_graph:
+                raise run_failed(self.model.path, e) from None
+            self._without_cuda_graph(e)
+            try:
+                return self._generate(np.asarray(rows, np.int64))
+            except runtime_errors() as again:
+                raise run_failed(self.model.path, again) from None
+        except Exception as e:  # a failed capture or replay may surface as any error: go on without graphs
             if not self.cuda_graph:
                 raise
             self._without_cuda_graph(e)

@@ -54,7 +54,35 @@ class Model:
         except Exception as e:  # protobuf and onnx raise their own untyped errors for foreign files
             raise UsageError(f"{path} is not a readable ONNX model ({str(e).splitlines()[0][:200]}); "
                              "export it again with `python cli.py export-onnx RUN`") from None
-        return cls(path, proto, contract.StepSpec.from_metadata({p.key: p.value for p in proto.metadata_props}, path))
+        spec = contract.StepSpec.from_metadata({p.key: p.value for p in proto.metadata_props}, path)
+        _check_graph(proto, spec, path)
+        return cls(path, proto, spec)
+
+
+def _check_graph(proto: onnx.ModelProto, spec: contract.StepSpec, path: Path) -> None:
+    """The graph's inputs and outputs are those its metadata describes (a tampered or foreign file is refused here,
+    not by onnxruntime in the middle of sampling)."""
+    def dims(value: onnx.ValueInfoProto) -> list[int | None]:
+        return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+
+    inputs = {v.name: dims(v) for v in proto.graph.input}
+    outputs = {v.name: dims(v) for v in proto.graph.output}
+    expected = {contract.TOKEN: [None], **{s: [spec.layers, None, spec.units] for s in spec.states}}
+    problems = [f"no input {name}" for name in expected if name not in inputs]
+    problems += [f"an input {name} it does not describe" for name in inputs if name not in expected]
+    problems += [f"no output {name}" for name in (contract.LOGITS, *map(contract.out, spec.states))
+                 if name not in outputs]
+    for name, shape in [*((n, expected[n]) for n in expected if n in inputs),
+                        *((contract.out(s), expected[s]) for s in spec.states if contract.out(s) in outputs),
+                        (contract.LOGITS, [None, spec.vocab.size])]:
+        found = (inputs | outputs).get(name)
+        if found is not None and (len(found) != len(shape) or any(
+                want is not None and got not in (None, want) for want, got in zip(shape, found, strict=False))):
+            problems.append(f"{name} has shape {['?' if d is None else d for d in found]}, not "
+                            f"{['rows' if d is None else d for d in shape]}")
+    if problems:
+        raise UsageError(f"{path}: its graph does not match its metadata ({spec.cell}, {spec.layers} layer(s) of "
+                         f"{spec.units} units, {spec.vocab.size} ids): {problems[0]}; export the model again")
 
 
 def session(model: onnx.ModelProto, device: str = "auto", *, tf32: bool = False, cuda_graph: bool = False,
@@ -92,6 +120,20 @@ def session(model: onnx.ModelProto, device: str = "auto", *, tf32: bool = False,
     return sess
 
 
+def runtime_errors() -> tuple[type[Exception], ...]:
+    """onnxruntime's own exception types (none derives from a common one but Exception)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
+
+
+def run_failed(path: Path, error: Exception) -> UsageError:
+    """One line for a model onnxruntime loaded but cannot run (a graph that its metadata or the toolkit misreads)."""
+    first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    return UsageError(f"onnxruntime cannot run {path} ({first}); export the model again with "
+                      "`python cli.py export-onnx RUN`")
+
+
 class OnnxStep:
     """The exported step as a `Step` (tokens, state) -> (logits, state) on numpy arrays: for the export check,
     scoring texts and parity tests. Sampling runs the composed graph in `toolkit.sampling.engine` instead."""
@@ -107,8 +149,11 @@ class OnnxStep:
         return tuple(np.zeros((self.spec.layers, rows, self.spec.units), np.float32) for _ in self.spec.states)
 
     def __call__(self, tokens: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple]:
-        logits, *new = self.session.run(self.outputs, {contract.TOKEN: np.ascontiguousarray(tokens, np.int64),
-                                                       **dict(zip(self.spec.states, state, strict=True))})
+        try:
+            logits, *new = self.session.run(self.outputs, {contract.TOKEN: np.ascontiguousarray(tokens, np.int64),
+                                                           **dict(zip(self.spec.states, state, strict=True))})
+        except runtime_errors() as e:
+            raise run_failed(self.model.path, e) from None
         return logits, tuple(new)
 
     @staticmethod

@@ -1,0 +1,190 @@
+"""report.html: one self-contained page (tables, inline SVG figures, samples, the runs' facts) for one scored sample
+directory or several side by side. Every text that comes from the samples, the titles or run.json is
+HTML-escaped."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+from eval import plots
+from eval.metrics import BOOT_SUBSAMPLES, BOOTSTRAP, CONFIDENCE, CURVE, METRICS, STREAMED, TABLES
+from eval.novelty import NEAR_COPY_CAP, NEAR_COPY_THRESHOLD, TrainingTitles
+from eval.scoring import ScoredRun, length_histograms
+from toolkit.sampledir import GENERATOR
+
+MAX_DETAILED = 12  # temperatures shown one by one (length panels, samples); more are thinned evenly
+CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:90em;padding:0 1.2em;color:#222}
+h2{margin-top:1.6em;border-bottom:1px solid #ddd}.tables{display:flex;flex-wrap:wrap;gap:0 2.5em}
+.tables>div{max-width:100%;overflow-x:auto}table{border-collapse:collapse;margin:.4em 0 1em;font-size:13px}
+th,td{padding:.25em .5em;border-bottom:1px solid #e4e4e4;vertical-align:top}th{font-weight:600;text-align:right}
+td{text-align:right;font-variant-numeric:tabular-nums}td:first-child,th:first-child,.label{text-align:left}
+td small{display:block;color:#777;font-size:11px;white-space:nowrap}tr.reference{background:#eef3fb}
+.facts td,.samples td,.samples th{text-align:left}.samples td{font-family:ui-monospace,monospace;font-size:12.5px}
+.samples td:last-child,.samples th:last-child{text-align:right;font-family:inherit}.near{color:#b00;font-weight:600}
+dl{display:grid;grid-template-columns:max-content auto;gap:.15em 1em;font-size:90%}dt{font-family:monospace}
+dd{margin:0}.muted{color:#777}svg{max-width:100%;height:auto}figure{margin:.5em 0 1.5em}
+figcaption{color:#555;font-size:90%;max-width:60em}"""
+
+
+def page(runs: list[ScoredRun], table: pd.DataFrame) -> str:
+    """The whole report of one run (`table` its metrics) or of several side by side (`table` with a `run` column)."""
+    tables = {r.name: r.table for r in runs}
+    body = [_summary_html(runs), _figure(plots.frontier(tables), FRONTIER_CAPTION), _tables_html(table),
+            _figure(plots.trends(tables), TRENDS_CAPTION)]
+    if len(runs) == 1:
+        run = runs[0]
+        body.append(_figure(plots.lengths(length_histograms(run.read), run.read.val, MAX_DETAILED), LENGTHS_CAPTION))
+    body.append(_figure(plots.novelty_curve(tables, MAX_DETAILED), CURVE_CAPTION))
+    if len(runs) == 1:
+        body.append(_samples_html(runs[0]))
+    body.append(_facts_html(runs))
+    title = f"Samples: {runs[0].name}" if len(runs) == 1 else f"Comparison: {', '.join(r.name for r in runs)}"
+    return _page(title, body)
+
+
+def thin(values: list, most: int) -> list:
+    """At most `most` of `values`, evenly spaced, the first and the last included."""
+    if len(values) <= most:
+        return list(values)
+    return [values[i] for i in np.unique(np.linspace(0, len(values) - 1, most).round().astype(int))]
+
+
+def _page(title: str, body: list[str]) -> str:
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">{GENERATOR}<meta name="viewport" '
+            f'content="width=device-width,initial-scale=1"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head>\n<body><h1>{html.escape(title)}</h1>\n" + "\n".join(body)
+            + "\n</body></html>\n")
+
+
+FRONTIER_CAPTION = ("Each temperature's diversity (distinct-2) against its distance to real titles (Jensen-Shannon "
+                    "divergence of word distributions), with 95% intervals; the star is the held-out real titles, "
+                    "whose distance is that between two halves of them (what chance alone gives). The best "
+                    "temperatures lie up and to the left, near the star.")
+TRENDS_CAPTION = ("Metrics against temperature with 95% intervals. Dotted lines and bands: the reference (held-out "
+                  "real titles) and its interval.")
+LENGTHS_CAPTION = "Length in characters: each temperature's samples (line) against the reference titles (grey)."
+CURVE_CAPTION = ("Share of each group's character n-grams that occur in no training title, for n = 4 to 20, with "
+                 "95% bands: a model that copies long stretches of training titles stays low as n grows.")
+
+
+def _figure(svg: str, caption: str) -> str:
+    return f"<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def _summary_html(runs: list[ScoredRun]) -> str:
+    table = runs[0].table
+    size = int(table["size"].iloc[0])
+    streamed = ", ".join(m.name for m in STREAMED)
+    parts = [f"Counted over <b>every sample</b>: {streamed} (with {CONFIDENCE:.0%} normal intervals) and the "
+             f"samples column. Every other figure is scored on a seeded random <b>subset of at most "
+             f"{runs[0].read.subset:,} texts a group</b> (the scored column; --subset), split into disjoint "
+             f"subsamples of <b>{size:,}</b> texts (the smallest group unless --size says otherwise) and averaged; "
+             f"its intervals are {CONFIDENCE:.0%} half-sample bootstrap intervals ({BOOTSTRAP} replicates, seeded, on "
+             f"{BOOT_SUBSAMPLES} subsamples, scaled to all of them). Near-copies: within normalised edit distance "
+             f"<b>{NEAR_COPY_THRESHOLD:g}</b> of a training title, searched in up to {NEAR_COPY_CAP:,} texts a "
+             "group."]
+    for run in runs:
+        prefix = f"{html.escape(run.name)}: " if len(runs) > 1 else ""
+        parts.append(f"{prefix}novelty against {html.escape(run.read.training)}; reference: {len(run.read.val):,} "
+                     "held-out titles.")
+    return "<p>" + "<br>".join(parts) + "</p>"
+
+
+def _cell(value: float, lo: float, hi: float) -> str:
+    if math.isnan(value):
+        return "<td>–</td>"
+    interval = "" if math.isnan(lo) else f"<small>{_number(lo)} – {_number(hi)}</small>"
+    return f"<td>{_number(value)}{interval}</td>"
+
+
+def _number(x: float) -> str:
+    if abs(x) >= 100:
+        return f"{x:,.1f}"
+    return f"{x:.3g}" if abs(x) >= 0.001 or x == 0 else f"{x:.6f}".rstrip("0")
+
+
+def _tables_html(table: pd.DataFrame) -> str:
+    """One table per theme: each cell is the estimate over its interval; the reference rows set apart."""
+    lead = ["run"] if "run" in table else []
+    parts = []
+    for title, names in TABLES.items():
+        head = "".join(f"<th class=label>{h}</th>" for h in [*lead, "group"]) + "".join(
+            f"<th>{h}</th>" for h in [*(["samples"] if not parts else []), *names])
+        rows = []
+        for _, row in table.iterrows():
+            cells = [f"<td class=label>{html.escape(str(row[c]))}</td>" for c in [*lead, "group"]]
+            if not parts:
+                cells.append(f"<td>{int(row['samples']):,}<small>{int(row['scored']):,} scored</small></td>")
+            cells += [_cell(row[n], row[f"{n}_lo"], row[f"{n}_hi"]) for n in names]
+            rows.append(f"<tr{' class=reference' if row['group'] == 'reference' else ''}>{''.join(cells)}</tr>")
+        parts.append(f"<div><h3>{title}</h3><table><tr>{head}</tr>{''.join(rows)}</table></div>")
+    legend = "".join(f"<dt>{name}</dt><dd>{html.escape(text)}</dd>" for name, text in METRICS.items())
+    curve = (f"<dt>{CURVE[min(CURVE)]} … {CURVE[max(CURVE)]}</dt><dd>share of the character n-grams (n = "
+             f"{min(CURVE)} to {max(CURVE)}, with multiplicity) found in no training title (metrics.csv and the "
+             "novelty curve)</dd>")
+    return (f"<h2>Metrics</h2><div class=tables>{''.join(parts)}</div><details><summary>Definitions</summary><dl>"
+            "<dt>reference</dt><dd>the held-out titles: real text, scored like a temperature</dd><dt>samples</dt>"
+            "<dd>texts in the group, duplicates included; under it, the texts of its subset the subset metrics "
+            f"read</dd>{legend}{curve}</dl></details>")
+
+
+def _samples_html(run: ScoredRun) -> str:
+    """Per temperature (at most MAX_DETAILED of them, evenly spaced), a few random samples (seeded, so reports are
+    stable) and the most repeated outputs over every sample, each beside its nearest training title."""
+    temperatures = sorted(run.shown)
+    chosen = thin(temperatures, MAX_DETAILED)
+    note = (f" Shown for {len(chosen)} of the {len(temperatures):,} temperatures, evenly spaced."
+            if len(chosen) < len(temperatures) else "")
+    parts = ["<h2>Samples and their nearest training titles</h2><p class=muted>Distance: normalised edit distance "
+             f"to the nearest training title; red at or below {NEAR_COPY_THRESHOLD:g} (a near-copy).{note}</p>"]
+    train = run.read.train
+    for t in chosen:
+        rows = [_sample_row(train, text, "" if finished else " <span class=muted>(unfinished)</span>")
+                for text, finished in run.shown[t]]
+        repeated = [_sample_row(train, text, "", f"{n:,} × ") for text, n in run.repeated.get(t, [])]
+        parts.append(f"<h3>T={t:g}</h3><table class=samples><tr><th>sample</th><th>nearest training title</th>"
+                     f"<th>distance</th></tr>{''.join(rows)}</table><h4>Most repeated (over every sample)</h4>"
+                     + (f"<table class=samples>{''.join(repeated)}</table>" if repeated
+                        else "<p class=muted>No text repeats.</p>"))
+    return "\n".join(parts)
+
+
+def _sample_row(train: TrainingTitles, text: str, note: str, prefix: str = "") -> str:
+    title, distance = train.nearest(text)
+    near = " class=near" if distance <= NEAR_COPY_THRESHOLD else ""
+    return (f"<tr><td>{prefix}{_text_html(text)}{note}</td><td>{_text_html(title)}</td>"
+            f"<td{near}>{distance:.2f}</td></tr>")
+
+
+def _text_html(text: str) -> str:
+    return html.escape(text) if text else "<span class=muted>(empty)</span>"
+
+
+def _fact(value: object) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.6g}"
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _facts_html(runs: list[ScoredRun]) -> str:
+    """What run.json says (model, provider, speed, sampling and training settings), one column per run."""
+    facts = {}
+    for run in runs:
+        info = {k: v for k, v in run.read.info.items() if k not in ("train_config", "sampling")}
+        for key in ("sampling", "train_config"):
+            if isinstance(run.read.info.get(key), dict):
+                info |= {f"{key}.{k}": v for k, v in run.read.info[key].items()}
+        facts[run.name] = {"directory": str(run.read.directory), "novelty against": run.read.training,
+                           **{k: _fact(v) for k, v in info.items()}}
+    table = pd.DataFrame(facts).fillna("")
+    note = "" if all(r.read.info for r in runs) else '<p class="muted">No run.json: only the samples are known.</p>'
+    return f'<h2>Runs</h2>{note}<div class="facts">{table.to_html(border=0)}</div>'

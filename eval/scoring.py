@@ -1,0 +1,142 @@
+"""A sample directory read and scored: its samples streamed once in bounded chunks (toolkit.sampledir checks them
+against run.json), its titles, and the metrics table of eval.metrics; what both kinds of report are made of.
+
+A directory holds everything a report needs: samples.csv (or samples.parquet), run.json, and reference.json.xz
+(the training titles novelty is measured against, and the held-out titles of the reference row). So a report works
+from any folder, offline, with neither TensorFlow nor the corpus; `train_data` replaces the training titles
+(through toolkit.data, which imports TensorFlow only for a `tfds:` source).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from eval.metrics import Group, score, stream_group
+from eval.novelty import TrainingTitles
+from eval.stream import SUBSET, GroupStream, Streams, reference_stream, text_hashes
+from toolkit import sampledir, titles
+from toolkit.config import TrainConfig
+from toolkit.data import load_corpus
+from toolkit.files import UsageError
+
+SHOWN = 8  # random samples shown per temperature
+
+
+@dataclass(frozen=True)
+class Read:
+    """A sample directory streamed: per group its GroupStream (temperature order), and the titles."""
+
+    name: str
+    directory: Path
+    info: dict  # run.json; empty when there is none
+    streams: list[GroupStream]
+    reference: GroupStream
+    train: TrainingTitles
+    val: list[str]
+    training: str  # where the training titles came from, for the reader
+    logprob: bool
+    subset: int
+
+    @property
+    def smallest(self) -> int:
+        """The fewest texts a group (the reference included) offers the subset metrics."""
+        return min(len(s.texts) for s in [*self.streams, self.reference])
+
+
+@dataclass(frozen=True)
+class ScoredRun:
+    """A sample directory read and scored."""
+
+    read: Read
+    table: object  # pandas DataFrame: metrics_table's rows
+    repeated: dict[float, list[tuple[str, int]]]  # per temperature: the most repeated texts over every sample
+    shown: dict[float, list[tuple[str, bool]]]  # per temperature: a few random samples (text, finished)
+
+    @property
+    def name(self) -> str:
+        return self.read.name
+
+
+def training_titles(sample_dir: Path, info: dict, train_data: str | None) -> tuple[list[str], list[str], str]:
+    """(training titles, reference titles, where the training titles came from).
+
+    From reference.json.xz; `train_data` replaces the training titles (its training split, by run.json's
+    val_fraction), and gives the reference titles too where the directory has no reference.json.xz.
+    """
+    reference = sampledir.read_titles(sample_dir, info)
+    if train_data is None:
+        if reference is None:
+            raise UsageError(f"{sample_dir} has no {titles.FILE}, so the training titles are unknown; pass "
+                             "{train_data} (the data the model was trained on)", "train_data")
+        return reference.train, reference.val, f"{titles.FILE} ({len(reference.train):,} titles)"
+    config = TrainConfig.from_dict(info.get("train_config", {}))
+    corpus = load_corpus(train_data, "title", config.val_fraction, None)
+    val = reference.val if reference else corpus.val
+    return corpus.train_titles, val, f"{train_data} ({len(corpus.train_titles):,} titles)"
+
+
+def read(sample_dir: Path, train_data: str | None = None, name: str | None = None, subset: int = SUBSET,
+         seed: int = 0) -> Read:
+    """Stream a sample directory's samples once (bounded memory, whatever their number)."""
+    sample_dir = Path(sample_dir)
+    if not sample_dir.is_dir():
+        raise UsageError(f"{sample_dir} is not a directory of samples; run `cli.py sample-batch --out {sample_dir}` "
+                         "first")
+    if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
+        raise UsageError(f"{{subset}} must be a positive number of texts, not {subset!r}", "subset")
+    samples = sampledir.Samples(sample_dir)  # checks the columns before the titles are read
+    train, val, training = training_titles(sample_dir, samples.info, train_data)
+    train = TrainingTitles(train)
+    logprob = "logprob" in samples.names
+    streams = Streams(train, subset, seed)
+    for batch in samples.chunks(("temperature", "text", "finished", "logprob")):
+        texts = batch.column("text").to_pylist()
+        streams.add(batch.column("temperature").to_numpy(), texts,
+                    batch.column("finished").to_numpy(zero_copy_only=False),
+                    batch.column("logprob").to_numpy() if logprob else None)
+    return Read(name or sample_dir.resolve().name, sample_dir, samples.info, streams.groups(),
+                reference_stream(val, train, subset, seed), train, val, training, logprob, subset)
+
+
+def score_read(run: Read, size: int | None = None, seed: int = 0) -> ScoredRun:
+    """The metrics table of a streamed directory, and what the report shows beside it."""
+    groups: list[Group] = [stream_group(s, run.logprob) for s in run.streams]
+    reference = stream_group(run.reference, False, "reference")
+    bpc = run.info.get("reference_bpc")
+    table = score(groups, reference, run.train, size=size, reference_bpc=bpc, seed=seed)
+    rng = np.random.default_rng(seed)
+    shown = {}
+    for s in run.streams:
+        pick = np.sort(rng.choice(len(s.texts), min(SHOWN, len(s.texts)), replace=False)) if s.texts else []
+        shown[s.temperature] = [(s.texts[i], bool(s.finished[i])) for i in pick]
+    return ScoredRun(run, table, _repeated(run), shown)
+
+
+def _repeated(run: Read) -> dict[float, list[tuple[str, int]]]:
+    """The most repeated texts of each group with their counts over every sample; a text the subset does not hold
+    is found by a second pass over the samples (only then)."""
+    wanted = {s.temperature: s.repeated() for s in run.streams}
+    known: dict[int, str] = {}
+    for s in run.streams:
+        known |= dict(zip(map(int, text_hashes(s.texts)), s.texts, strict=True))
+    missing = {h for pairs in wanted.values() for h, _ in pairs if h not in known}
+    if missing:
+        for batch in sampledir.Samples(run.directory).chunks(("text",)):
+            texts = batch.column("text").to_pylist()
+            hashes = text_hashes(texts)
+            for i in np.flatnonzero(np.isin(hashes, np.fromiter(missing, np.uint64))):
+                known[int(hashes[i])] = texts[i]
+    return {t: [(known[h], n) for h, n in pairs if h in known] for t, pairs in wanted.items()}
+
+
+def length_histograms(run: Read) -> dict[float, np.ndarray]:
+    """Per temperature, how many samples have each length (index = characters), over every sample."""
+    return {s.temperature: s.lengths for s in run.streams}
+
+
+def scored_size(reads: list[Read], size: int | None) -> int:
+    """One size for every group of every run: comparable figures."""
+    return min(r.smallest for r in reads) if size is None else size
