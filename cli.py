@@ -222,14 +222,21 @@ def report(
                                            metavar="SOURCE")] = None,
     size: Annotated[int | None, _opt("Texts per subsample: every group is scored at this size.", "the smallest group",
                                      "N")] = None,
+    subset: Annotated[int | None, _opt("Texts per group (a seeded random subset) that the metrics not counted over "
+                                       "every sample read; 0 reads them all.", "10000", "N")] = None,
 ) -> None:
-    """Score samples into metrics.csv and report.html; several directories give a side-by-side comparison."""
+    """Score samples into metrics.csv and report.html; several directories give a side-by-side comparison. Its cost
+    is bounded whatever the number of samples: see --subset."""
     from eval.report import write_comparison, write_report
+    from eval.stream import EVERY, SUBSET
 
     if len(sample_dirs) > 1 and out is None:
         raise UsageError("comparing several sample directories needs {out} DIR for the comparison report", "out")
-    paths = (write_report(sample_dirs[0], train_data, size) if out is None
-             else write_comparison(sample_dirs, out, train_data, size))
+    if subset is not None and subset < 0:
+        raise UsageError(f"{{subset}} must be 0 (every text) or a positive number of texts, not {subset}", "subset")
+    subset = SUBSET if subset is None else subset or EVERY
+    paths = (write_report(sample_dirs[0], train_data, size, subset) if out is None
+             else write_comparison(sample_dirs, out, train_data, size, subset))
     typer.echo("wrote " + " and ".join(map(str, paths)))
 
 

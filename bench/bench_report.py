@@ -1,105 +1,123 @@
-"""Cost of `cli.py report` at the issue's size: 10,000 samples at each of 3 temperatures, 120,000 training titles.
+"""Cost of `cli.py report` against what it reports on, and what its subset costs in precision.
 
-The training titles are synthetic (the real 120,000 are not at hand): AG News titles recombined, the first words of
-one title and the last words of another (seeded). Samples come from the same generator with character noise that
-grows with temperature, and a share of copies and near-copies of training titles at the lowest temperature; the
-reference is the 7,600 real titles. Both reports run as a user runs them (a fresh process, imports included); the
-baseline is another checkout of the toolkit (e.g. main before the report gained intervals), given its training
-titles by --train-data since it has no reference.json.xz.
+Three measurements, each a ratio against a baseline measured in the same run (the machines are shared and noisy):
 
-    mkdir /tmp/baseline && git archive <commit> | tar -x -C /tmp/baseline
-    python bench/bench_report.py --data ../shared/data/ag_news/test.csv --baseline /tmp/baseline
+1. `--n N` samples a temperature (3 temperatures) from an exported model: `sample-batch --no-report` (the
+   baseline) and `report` on its output, alternately, ROUNDS times each, in fresh processes (imports included);
+   the report's wall time as a share of sampling's, and its peak memory.
+2. The same directory scored with `--subset 0` (every text): each metric's interval width at the default subset
+   over its width on every text (the subset loses little where the ratio is near 1).
+3. With `--big N` (e.g. 333334 for 10^6 samples): the same as 1 at that size, once, for the absolute figures
+   (seconds and peak memory of a million-sample report).
+`--baseline CHECKOUT` also times another checkout's `report` on the step-1 directory (e.g. main before this change).
+
+    python bench/bench_report.py --model runs/notebook/model.onnx --n 20000
+    python bench/bench_report.py --model runs/notebook/model.onnx --n 20000 --big 333334 --rounds 1
+
+Each command runs as a user runs it; peak memory is the process's own maximum resident set size.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import lzma
-import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from toolkit.data import read_csv  # noqa: E402
+from eval.metrics import CURVE, METRICS  # noqa: E402
+
+TEMPS = "0.3,1.0,1.8"
+# Runs cli.py in this process and prints its peak resident set size (KiB) as the last line of stderr.
+PEAK = ("import resource, runpy, sys; sys.argv = sys.argv[1:]; code = 0\n"
+        "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code or 0\n"
+        "print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")
 
 
-def recombiner(real: list[str], rng: random.Random):
-    """A function that makes one synthetic title: the first words of a real title, the last words of another."""
-    words = [t.split() for t in real if t.split()]
-
-    def one() -> str:
-        a, b = rng.choice(words), rng.choice(words)
-        return " ".join(a[:rng.randint(1, len(a))] + b[rng.randrange(len(b)):])
-
-    return one
-
-
-def noisy(text: str, p: float, rng: random.Random) -> str:
-    return "".join(rng.choice("aeinorst ") if rng.random() < p else c for c in text)
-
-
-def make_sample_dir(out: Path, real: list[str], n: int, train: int, seed: int) -> None:
-    rng = random.Random(seed)
-    synthetic = recombiner(real, rng)
-    titles = [synthetic() for _ in range(train)]
-    rows = []
-    for t, noise, copies in ((0.3, 0.0, 0.5), (1.0, 0.02, 0.05), (1.8, 0.12, 0.0)):
-        for _ in range(n):
-            text = (noisy(rng.choice(titles), 0.03, rng) if rng.random() < copies
-                    else noisy(synthetic(), noise, rng))
-            finished = rng.random() < 0.98
-            rows.append({"sample_id": len(rows), "temperature": t, "prompt": "", "text": text, "length": len(text),
-                         "finished": finished, "logprob": -(len(text) + finished) * rng.uniform(1.2, 2.5) * (1 + t),
-                         "seed": seed})
-    out.mkdir(parents=True)
-    pd.DataFrame(rows).to_csv(out / "samples.csv", index=False)
-    with lzma.open(out / "reference.json.xz", "wt", encoding="utf-8") as f:
-        json.dump({"train_titles": titles, "val_titles": real}, f)
-    (out / "train.txt").write_text("\n".join(titles), encoding="utf-8")  # for the baseline's --train-data
-    (out / "run.json").write_text(json.dumps({"model": "synthetic", "provider": "none", "reference_bpc": 2.4,
-                                              "train_config": {"data": "train.txt"}}), encoding="utf-8")
-
-
-def timed(checkout: Path, sample_dir: Path, *args: str) -> float:
+def timed(checkout: Path, *args: str) -> tuple[float, float]:
+    """(wall seconds, peak MiB) of `cli.py ARGS` from `checkout`, in a fresh process."""
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, str(checkout / "cli.py"), "report", str(sample_dir), *args],
-                            capture_output=True, text=True, cwd=checkout)
+    result = subprocess.run([sys.executable, "-c", PEAK, str(checkout / "cli.py"), *args], capture_output=True,
+                            text=True, cwd=checkout)
+    seconds = time.perf_counter() - started
     if result.returncode:
-        sys.exit(f"{checkout}: report failed:\n{result.stderr}")
-    return time.perf_counter() - started
+        sys.exit(f"{checkout}: cli.py {' '.join(args)} failed:\n{result.stderr}")
+    peak = int(result.stderr.strip().splitlines()[-1].split()[1]) / 1024
+    return seconds, peak
+
+
+def sample(model: Path, out: Path, n: int) -> tuple[float, float]:
+    return timed(ROOT, "sample-batch", "--model", str(model), "--n", str(n), "--temps", TEMPS, "--out", str(out),
+                 "--no-report")
+
+
+def widths(metrics: pd.DataFrame) -> pd.DataFrame:
+    names = [*METRICS, *CURVE.values()]
+    return pd.DataFrame({name: metrics[f"{name}_hi"] - metrics[f"{name}_lo"] for name in names}).set_axis(
+        metrics["group"])
+
+
+def expected(default: pd.DataFrame, full: pd.DataFrame) -> float:
+    """sqrt(k_full / k_default): the width ratio of the mean of k independent subsamples, by the median group."""
+    return float(np.median(np.sqrt(full["subsamples"] / default["subsamples"])))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ag_news" / "test.csv")
-    parser.add_argument("--n", type=int, default=10_000, help="samples per temperature")
-    parser.add_argument("--train", type=int, default=120_000, help="synthetic training titles")
-    parser.add_argument("--baseline", type=Path, help="another checkout of the toolkit, timed on the same samples")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", type=Path, required=True, help="an exported .onnx model")
+    parser.add_argument("--n", type=int, default=20_000, help="samples a temperature (3 temperatures)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--big", type=int, help="also measure once at this many samples a temperature")
+    parser.add_argument("--baseline", type=Path, help="another checkout whose report is timed on the same samples")
     args = parser.parse_args()
-    real = [r.title for r in read_csv(args.data)]
     with tempfile.TemporaryDirectory() as tmp:
-        ours = Path(tmp) / "samples"
-        make_sample_dir(ours, real, args.n, args.train, args.seed)
-        seconds = timed(ROOT, ours)
-        metrics = pd.read_csv(ours / "metrics.csv").set_index("group")
-        print(f"report: {3 * args.n:,} samples, {args.train:,} training titles, {len(real):,} reference titles: "
-              f"{seconds:.1f} s (subsample size {int(metrics['size'].iloc[0]):,})")
-        print(metrics[["samples", "distinct_2", "self_bleu", "near_copy_rate", "js_words", "bpc"]].to_string())
+        out = Path(tmp) / "samples"
+        sampling, reports = [], []
+        for _ in range(args.rounds):  # alternately, so drift in the machine's speed hits both alike
+            sampling.append(sample(args.model, out, args.n))
+            (out / "metrics.csv").unlink(missing_ok=True)
+            reports.append(timed(ROOT, "report", str(out)))
+        s, r = statistics.median(t for t, _ in sampling), statistics.median(t for t, _ in reports)
+        ratios = [b[0] / a[0] for a, b in zip(sampling, reports, strict=True)]
+        print(f"{3 * args.n:,} samples: sample-batch --no-report {s:.2f} s (median of {args.rounds}), report {r:.2f} s "
+              f"at {max(p for _, p in reports):,.0f} MiB peak; report / sample-batch = {statistics.median(ratios):.2f} "
+              f"(each round: {', '.join(f'{x:.2f}' for x in ratios)})")
+        default = pd.read_csv(out / "metrics.csv")
+        full_seconds, full_peak = timed(ROOT, "report", str(out), "--subset", "0")
+        full = pd.read_csv(out / "metrics.csv")
+        ratio = (widths(default) / widths(full)).drop(index="reference")
+        pairs = ratio.stack()
+        pairs = pairs[np.isfinite(pairs)]  # a metric without spread (all 0 or all 1) has no ratio
+        scored = default.set_index("group")["scored"].drop("reference")
+        print(f"--subset 0 (every text): {full_seconds:.2f} s at {full_peak:,.0f} MiB. Interval width at the default "
+              f"subset ({', '.join(f'{x:,}' for x in scored)} texts scored) over the width on every text, "
+              f"{len(pairs)} metric-temperature pairs: median {pairs.median():.2f}, quartiles "
+              f"{pairs.quantile(0.25):.2f}-{pairs.quantile(0.75):.2f}, within 1.5x: {(pairs <= 1.5).mean():.0%}; "
+              f"expected from the subsamples alone: {expected(default, full):.2f}")
+        print(json.dumps({k: round(float(v), 3) for k, v in ratio.median().sort_values().items()}))
         if args.baseline:
             theirs = Path(tmp) / "baseline"
-            shutil.copytree(ours, theirs, ignore=shutil.ignore_patterns("metrics.csv", "report.html"))
-            base = timed(args.baseline, theirs, "--train-data", str(theirs / "train.txt"))
-            print(f"baseline {args.baseline}: {base:.1f} s; this report costs {seconds / base:.1f}x the baseline")
+            shutil.copytree(out, theirs, ignore=shutil.ignore_patterns("metrics.csv", "report.html"))
+            seconds, peak = timed(args.baseline, "report", str(theirs))
+            print(f"baseline {args.baseline}: report {seconds:.2f} s at {peak:,.0f} MiB; this report / baseline = "
+                  f"{r / seconds:.3f}")
+        if args.big:
+            big = Path(tmp) / "big"
+            s, sp = sample(args.model, big, args.big)
+            r, rp = timed(ROOT, "report", str(big))
+            print(f"{3 * args.big:,} samples: sample-batch --no-report {s:.1f} s ({sp:,.0f} MiB), report {r:.1f} s at "
+                  f"{rp:,.0f} MiB peak; report / sample-batch = {r / s:.2f}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from eval import plots
 from eval.metrics import BOOT_SUBSAMPLES, BOOTSTRAP, CONFIDENCE, CURVE, METRICS, STREAMED, TABLES
 from eval.novelty import NEAR_COPY_CAP, NEAR_COPY_THRESHOLD, TrainingTitles
 from eval.scoring import ScoredRun, length_histograms
+from eval.stream import EVERY
 from toolkit.sampledir import GENERATOR
 
 MAX_DETAILED = 12  # temperatures shown one by one (length panels, samples); more are thinned evenly
@@ -80,9 +81,11 @@ def _summary_html(runs: list[ScoredRun]) -> str:
     table = runs[0].table
     size = int(table["size"].iloc[0])
     streamed = ", ".join(m.name for m in STREAMED)
+    subset = runs[0].read.subset
+    scope = ("every text of each group" if subset >= EVERY else
+             f"a seeded random <b>subset of at most {subset:,} texts a group</b> (the scored column; --subset)")
     parts = [f"Counted over <b>every sample</b>: {streamed} (with {CONFIDENCE:.0%} normal intervals) and the "
-             f"samples column. Every other figure is scored on a seeded random <b>subset of at most "
-             f"{runs[0].read.subset:,} texts a group</b> (the scored column; --subset), split into disjoint "
+             f"samples column. Every other figure is scored on {scope}, split into disjoint "
              f"subsamples of <b>{size:,}</b> texts (the smallest group unless --size says otherwise) and averaged; "
              f"its intervals are {CONFIDENCE:.0%} half-sample bootstrap intervals ({BOOTSTRAP} replicates, seeded, on "
              f"{BOOT_SUBSAMPLES} subsamples, scaled to all of them). Near-copies: within normalised edit distance "

@@ -23,6 +23,7 @@ from eval.metrics import STREAMED, Columns
 from eval.novelty import TrainingTitles
 
 SUBSET = 10_000  # texts per group the subset metrics read: see docs/benchmarks.md ("Report cost")
+EVERY = 2**62  # a subset that holds every text
 REPEATED = 5  # most repeated texts kept per group
 
 

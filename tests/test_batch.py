@@ -327,3 +327,90 @@ def test_memory_is_bounded_by_the_chunk_whatever_n(model, tmp_path):
         tracemalloc.stop()
     assert peak < 20 * 2**20, peak
     assert not (tmp_path / "samples.csv").exists()  # nothing half-written
+
+
+# --- a sample directory changes as a whole or not at all, and only when charlm made it (trust, round two) ----------
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("names", [("metrics.csv",), ("report.html",), ("samples.parquet",), ("notes.txt",),
+                                   ("run.json",)])
+def test_a_directory_charlm_did_not_make_is_never_replaced(model, tmp_path, names, monkeypatch):
+    """A user's metrics.csv, report.html, samples.parquet (or any file) in --out: refused before the model even
+    loads, and every file stays as it was. run.json alone is not enough: it must be sample-batch's."""
+    import toolkit.sampling.batch as batch
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in names:
+        (out / name).write_text(f"the user's {name}")
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(batch, "OnnxStep", lambda *a, **k: pytest.fail("the model loaded before --out was checked"))
+    with pytest.raises(UsageError, match="holds no charlm samples"):
+        sample_batch(model, out, SampleConfig((1.0,), n=3), device="cpu")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_file_of_the_users_inside_a_sample_directory_keeps_it_whole(model, tmp_path):
+    sample_batch(model, tmp_path / "s", SampleConfig((1.0,), n=3), device="cpu")
+    (tmp_path / "s" / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    with pytest.raises(UsageError, match=r"files charlm did not write \(notes.txt\)"):
+        sample_batch(model, tmp_path / "s", SampleConfig((1.0,), n=3), device="cpu")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_failure_after_sampling_leaves_the_earlier_directory_whole(model, tmp_path):
+    """The new directory is built beside the old one: whatever fails before the swap, the old samples, run.json
+    and report stay together, and nothing is left beside them."""
+    sample_batch(model, tmp_path / "s", SampleConfig((1.0,), n=3), device="cpu")
+    (tmp_path / "s" / "metrics.csv").write_text("group,temperature,samples\nT=1,1.0,3\n")  # its report
+    before = snapshot(tmp_path)
+
+    def report_fails(directory):
+        assert (directory / "samples.csv").is_file() and (directory / "run.json").is_file()
+        raise UsageError("the report failed")
+
+    with pytest.raises(UsageError, match="the report failed"):
+        sample_batch(model, tmp_path / "s", SampleConfig((1.0, 2.0), n=7), device="cpu", finish=report_fails)
+    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_damaged_reference_titles_are_refused_before_sampling(tmp_path):
+    import onnx
+
+    from toolkit.sampling.contract import StepSpec
+    from toolkit.sampling.runtime import Model
+
+    path = step_model(tmp_path / "m.onnx")
+    proto, spec = onnx.load(path), Model.load(path).spec
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, StepSpec(**{**spec.__dict__, "reference": b"not xz"}).metadata("best"))
+    onnx.save(proto, path)
+    with pytest.raises(UsageError, match="reference titles are damaged"):
+        sample_batch(path, tmp_path / "s", SampleConfig((1.0,), n=3), device="cpu",
+                     progress=lambda *_: pytest.fail("sampled before the titles were checked"))
+    assert not (tmp_path / "s").exists()
+
+
+def test_what_a_killed_sample_batch_left_is_cleared_on_the_next_start(model, tmp_path):
+    import os
+
+    dead = 4_194_304 + 1  # above Linux's largest pid
+    half = tmp_path / f".s.new-{dead}-abc"
+    half.mkdir()
+    (half / f".samples.{dead}-x.tmp.csv").write_text("half")
+    live = tmp_path / f".s.new-{os.getpid()}-def"  # another command's, still running: left alone
+    live.mkdir()
+    sample_batch(model, tmp_path / "s", SampleConfig((1.0,), n=3), device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["s", live.name])
+
+
+def test_run_json_says_charlm_made_the_directory_and_what_really_ran(model, tmp_path):
+    sample_batch(model, tmp_path / "s", SampleConfig((1.0,), n=3), device="cpu", tf32=True)
+    info = json.loads((tmp_path / "s" / "run.json").read_text())
+    assert info["toolkit"] == "charlm" and info["layout"] == 1
+    assert info["tf32"] is False  # asked for, but TF32 exists only on CUDA
+    assert info["titles"] is None  # the model carries no titles

@@ -107,3 +107,76 @@ def test_a_corrupt_checkpoint_is_refused(tiny_run, tmp_path):
     with pytest.raises(UsageError, match="corrupt"):
         export(run)
     assert not (run / "model.onnx").exists()
+
+
+# --- where an export may write: one rule (trust, round two) ---------------------------------------------------------
+
+def fake_run(path):
+    """What check_arguments reads of a run: config.json and a checkpoint (never loaded by the checks)."""
+    from toolkit.config import save_run_config
+
+    path.mkdir(parents=True)
+    save_run_config(path / "config.json", TrainConfig(units=8))
+    for name in ("best.keras", "last.keras", "vocab.json", "history.csv"):
+        (path / name).write_text(name)
+    return path
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("target, words", [
+    ("best.keras", "not an .onnx file"), ("config.json", "not an .onnx file"), ("vocab.json", "not an .onnx file"),
+    ("model", "not an .onnx file"), (".onnx", "not an .onnx file"), ("subdir", "is a directory"),
+    ("theirs.onnx", "not a model charlm exported"), ("model.onnx/x.onnx", "is a file, not a directory")])
+def test_an_export_never_overwrites_what_it_did_not_make(tmp_path, target, words):
+    """The run's checkpoint, config and vocabulary, a directory, a user's file: refused before anything loads,
+    and nothing changes. (`model.onnx` here is an earlier export's: replacing it is what export does.)"""
+    run = fake_run(tmp_path / "run")
+    (run / "subdir").mkdir()
+    (run / "theirs.onnx").write_bytes(b"a model of someone else's")
+    (run / "model.onnx").write_text("")
+    before = snapshot(tmp_path)
+    with pytest.raises(UsageError) as e:
+        onnx_export.check_arguments(run, "best", 17, run / target)
+    assert words in str(e.value) and "\n" not in str(e.value)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_foreign_record_beside_the_model_is_never_overwritten(tmp_path, tiny_onnx):
+    run = fake_run(tmp_path / "run")
+    shutil.copy(tiny_onnx, run / "mine.onnx")
+    onnx_export.check_arguments(run, "best", 17, run / "mine.onnx")  # a charlm export: replaced
+    (run / "mine.verify.json").write_text('{"my": "notes"}')
+    with pytest.raises(UsageError, match="mine.verify.json exists and is not an export's record"):
+        onnx_export.check_arguments(run, "best", 17, run / "mine.onnx")
+
+
+def test_the_default_target_follows_the_precision(tmp_path):
+    run = fake_run(tmp_path / "run")
+    assert onnx_export.check_arguments(run, "best", 17)[3] == run / "model.onnx"
+    assert onnx_export.check_arguments(run, "best", 17, None, fp16=True)[3] == run / "model.fp16.onnx"
+
+
+def test_export_clears_what_killed_exports_left_and_only_that(tiny_run, tmp_path):
+    import os
+
+    dead = 4_194_304 + 1  # above Linux's largest pid
+    out = tmp_path / "m.onnx"
+    stale, live = tmp_path / f".m.{dead}-abc.tmp.onnx", tmp_path / f".m.{os.getpid()}-abc.tmp.onnx"
+    for path in (stale, live):
+        path.write_bytes(b"half a model")
+    export(tiny_run, out)
+    assert not stale.exists() and live.exists() and out.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "m.onnx", "m.verify.json"])
+
+
+def test_a_run_model_opens_with_one_call(tiny_run):
+    """What the README tells a user: `load_checkpoint` opens a run (Keras alone cannot: the layers are ours)."""
+    from toolkit.model import load_checkpoint
+
+    best, last = load_checkpoint(tiny_run), load_checkpoint(tiny_run, "last")
+    assert best.count_params() == last.count_params() > 0
+    with pytest.raises(UsageError, match="does not exist"):
+        load_checkpoint(tiny_run / "nothing.keras")

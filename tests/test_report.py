@@ -3,10 +3,12 @@ import lzma
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from helpers import ROOT, assert_usage_error, run_cli
@@ -232,3 +234,146 @@ def test_a_report_waits_for_no_one_and_mixes_with_no_one(tmp_path):
     with pytest.raises(UsageError, match="not a directory of samples"):
         write_report(tmp_path / "missing")
     assert not (tmp_path / "missing").exists()
+
+
+# --- a report that reads what run.json describes, in bounded chunks (trust, round two) -----------------------------
+
+@pytest.fixture(scope="module")
+def sampled(tmp_path_factory):
+    """A sample directory as sample-batch writes it (3 temperatures of 40), with reference titles in the model."""
+    import onnx
+    from helpers import step_model
+
+    from toolkit.sampling.batch import sample_batch
+    from toolkit.sampling.config import SampleConfig
+    from toolkit.sampling.contract import StepSpec
+    from toolkit.sampling.runtime import Model
+    from toolkit.titles import Titles
+
+    root = tmp_path_factory.mktemp("sampled")
+    path = step_model(root / "m.onnx", scale=0.3)
+    proto, spec = onnx.load(path), Model.load(path).spec
+    del proto.metadata_props[:]
+    blob = Titles(["abc def", "ghi jab", "cab dea"] * 5, ["ab cd", "ef gh", "ij ab", "ba dc"] * 3).to_bytes()
+    onnx.helper.set_model_props(proto, StepSpec(**{**spec.__dict__, "reference": blob}).metadata("best"))
+    onnx.save(proto, path)
+    sample_batch(path, root / "s", SampleConfig((0.5, 1.0, 1.5), n=40, max_len=30, prompts=("a", "b")), device="cpu")
+    return root / "s"
+
+
+def spoiled(sampled, tmp_path, spoil):
+    d = tmp_path / "s"
+    shutil.copytree(sampled, d)
+    spoil(d)
+    return d
+
+
+def _edit_rows(d, edit):
+    rows = pd.read_csv(d / "samples.csv", keep_default_na=False)
+    edit(rows).to_csv(d / "samples.csv", index=False)
+
+
+MISMATCHED = {
+    "a whole temperature missing": (lambda d: _edit_rows(d, lambda r: r[r["temperature"] != 1.5]), "holds 80 rows"),
+    "the file cut short": (lambda d: _edit_rows(d, lambda r: r.iloc[:-1]), "holds 119 rows"),
+    "a row repeated": (lambda d: _edit_rows(d, lambda r: pd.concat([r.iloc[:1], r])), "row 1 has sample_id 0"),
+    "rows out of order": (lambda d: _edit_rows(d, lambda r: r.iloc[::-1]), "row 0 has sample_id 119"),
+    "a temperature edited": (lambda d: _edit_rows(d, lambda r: r.assign(temperature=r["temperature"].where(
+        r.index != 5, 9.0))), "row 5 has temperature 9"),
+    "a prompt moved": (lambda d: _edit_rows(d, lambda r: r.assign(prompt=r["prompt"].where(r.index != 3, "a"))),
+                       "row 3 has a prompt"),
+    "another run's titles": (lambda d: (d / "reference.json.xz").write_bytes(
+        __import__("toolkit.titles", fromlist=["Titles"]).Titles(["x"], ["y"]).to_bytes()), "digest"),
+}
+
+
+@pytest.mark.parametrize("case", MISMATCHED)
+def test_samples_that_run_json_does_not_describe_are_refused(sampled, tmp_path, case):
+    """A truncated or edited samples.csv, or the titles of another run, would be scored as if complete: every
+    reader checks what it reads against run.json, in one line, writing nothing."""
+    spoil, words = MISMATCHED[case]
+    d = spoiled(sampled, tmp_path, spoil)
+    before = sorted(p.name for p in d.iterdir())
+    with pytest.raises(UsageError, match=re.escape(words)) as e:
+        write_report(d)
+    assert "\n" not in str(e.value) and ("run.json" in str(e.value) or "digest" in str(e.value))
+    assert sorted(p.name for p in d.iterdir()) == before
+    assert_usage_error(run_cli("report", d), words)
+
+
+def test_the_reader_holds_a_chunk_at_a_time_and_scores_the_same(sampled, tmp_path, monkeypatch):
+    """Chunks of 7 rows give the same report as one chunk (to the rounding of sums taken in another order): nothing
+    depends on the file being in memory."""
+    import toolkit.sampledir
+
+    whole = pd.read_csv(write_report(spoiled(sampled, tmp_path / "a", lambda d: None))[0])
+    seen = []
+    chunks = toolkit.sampledir.Samples.chunks
+
+    def small(self, columns=toolkit.sampledir.COLUMNS):
+        for batch in chunks(self, columns):
+            seen.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(toolkit.sampledir, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(toolkit.sampledir.Samples, "chunks", small)
+    chunked = pd.read_csv(write_report(spoiled(sampled, tmp_path / "b", lambda d: None))[0])
+    pd.testing.assert_frame_equal(chunked, whole, rtol=1e-12)
+    assert max(seen) == 7 and sum(seen) == 120
+
+
+def test_counts_cover_every_sample_and_the_rest_a_stated_subset(sampled, tmp_path):
+    """--subset bounds what the subset metrics read; the counts over every sample do not change with it, and the
+    report says which is which."""
+    d = spoiled(sampled, tmp_path, lambda d: None)
+    write_report(d)
+    every = pd.read_csv(d / "metrics.csv").set_index("group")
+    write_report(d, subset=10)
+    some = pd.read_csv(d / "metrics.csv").set_index("group")
+    assert every.loc["T=1", ["samples", "scored"]].tolist() == [40, 40]
+    assert some.loc["T=1", ["samples", "scored"]].tolist() == [40, 10] and (some["size"] == 10).all()
+    for name in ("mean_length", "finished_rate", "bpc", "novelty", "copy_rate"):  # over every sample, both times
+        np.testing.assert_array_equal(some[name].iloc[:3], every[name].iloc[:3], err_msg=name)
+        np.testing.assert_array_equal(some[f"{name}_lo"].iloc[:3], every[f"{name}_lo"].iloc[:3], err_msg=name)
+    samples = pd.read_csv(d / "samples.csv", keep_default_na=False)
+    assert every.loc["T=1", "mean_length"] == pytest.approx(samples[samples.temperature == 1.0].length.mean())
+    page = (d / "report.html").read_text()
+    assert "subset of at most 10 texts a group" in page and "Counted over <b>every sample</b>: novelty" in page
+
+
+def test_a_report_never_overwrites_a_users_report_files(tmp_path):
+    """In a directory charlm did not make (samples from elsewhere), a metrics.csv or report.html of the user's
+    stays; one charlm wrote is replaced."""
+    d = make_run(tmp_path, run_json=False)
+    (d / "metrics.csv").write_text("my,own,figures\n1,2,3\n")
+    with pytest.raises(UsageError, match="metrics.csv that charlm did not write"):
+        write_report(d)
+    assert (d / "metrics.csv").read_text() == "my,own,figures\n1,2,3\n" and not (d / "report.html").exists()
+    (d / "metrics.csv").unlink()
+    write_report(d)
+    write_report(d)  # its own files: replaced
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda o: (o.mkdir(), (o / "notes.txt").write_text("mine")), "files other than a comparison's"),
+    (lambda o: (o.mkdir(), (o / "report.html").write_text("<html>mine</html>")), "report.html that charlm did not"),
+    (lambda o: o.write_text("a file"), "is a file")])
+def test_a_comparison_goes_only_where_it_loses_nothing(tmp_path, make, words):
+    a, b = make_run(tmp_path, name="a"), make_run(tmp_path, name="b")
+    make(tmp_path / "out")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(UsageError, match=words):
+        write_comparison([a, b], tmp_path / "out")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_many_temperatures_keep_the_page_and_its_figures_bounded(tmp_path):
+    """200 temperatures: at most 12 length panels, novelty lines and sample sections,
+    the frontier names at most 15 points, and the page says what it left out."""
+    samples = {round(0.01 * i + 0.1, 2): [f"title {i} {j}" for j in range(2)] for i in range(200)}
+    d = make_run(tmp_path, samples=samples)
+    write_report(d, size=2)
+    page = (d / "report.html").read_text()
+    assert page.count("<h3>T=") == 12 and "Shown for 12 of the 200 temperatures" in page
+    assert "(12 of 200 temperatures, evenly spaced)" in page
+    assert len(pd.read_csv(d / "metrics.csv")) == 201

@@ -351,13 +351,13 @@ class Samples:
         if expected is None:
             return
         rows = first + np.arange(batch.num_rows)
-        if rows[-1] >= expected.rows:
-            raise self._mismatch(f"holds more than the {expected.rows:,} rows run.json describes")
         names = batch.schema.names
         if "sample_id" in names and not np.array_equal(batch.column("sample_id").to_numpy(), rows):
             at = int(np.flatnonzero(batch.column("sample_id").to_numpy() != rows)[0])
             raise self._mismatch(f"row {first + at:,} has sample_id {batch.column('sample_id')[at].as_py()}: rows "
                                  "are missing, repeated or out of order")
+        if rows[-1] >= expected.rows:
+            raise self._mismatch(f"holds more than the {expected.rows:,} rows run.json describes")
         temps = np.asarray(expected.temperatures)[rows // expected.n]
         found = batch.column("temperature").to_numpy()
         if not np.allclose(found, temps, rtol=1e-9, atol=0):
