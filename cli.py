@@ -253,7 +253,7 @@ def pipeline(
     embedding_dim: Annotated[int | None, _opt("Embedding size; 0 for one-hot.", D.embedding_dim, "N")] = None,
     n: Annotated[int, _opt("Samples per temperature.", 1000, "N", "--n")] = 1000,
     temps: Annotated[str, _opt("Temperatures, as for `sample-batch --temps`.", "0.3,1.0,1.8", "LIST")] = "0.3,1.0,1.8",
-    seed: Annotated[int, _opt("Seed of training and sampling.", 0, "N")] = 0,
+    seed: Annotated[int | None, _opt("Seed of training and sampling.", D.seed, "N")] = None,
     device: Annotated[str, _opt("Sampling device.", "auto", "auto|cuda|cpu")] = "auto",
     resume: Annotated[bool, _flag("Continue a job that stopped: training from its last epoch (or not at all, once "
                                   "done), the export unless it is newer than the best checkpoint, then sampling and "
@@ -267,8 +267,10 @@ def pipeline(
 
     flags = dict(data=data, field=field, epochs=epochs, cell=cell, layers=layers, units=units,
                  embedding_dim=embedding_dim, seed=seed)
-    config = sampling_config(parse_temperatures(temps), n, seed=seed)
+    sampling = dict(temperatures=parse_temperatures(temps), n=n, seed=seed or 0)
+    sampling_config(**sampling)  # bad sampling flags are refused before anything else
     job = plan(name, flags, device=device, resume=resume, overwrite=overwrite)
+    config = sampling_config(**(sampling | {"seed": job.config.seed if seed is None else seed}))
     if job.train:
         typer.echo(f"[1/4] train -> {job.run_dir}")
         _train(job.run_dir, job.config, resume=resume, overwrite=overwrite,

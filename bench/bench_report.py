@@ -9,6 +9,8 @@ Three measurements, each a ratio against a baseline measured in the same run (th
    over its width on every text (the subset loses little where the ratio is near 1).
 3. With `--big N` (e.g. 333334 for 10^6 samples): the same as 1 at that size, once, for the absolute figures
    (seconds and peak memory of a million-sample report).
+4. With `--sweep N`: 1,000 temperatures (0.01 to 10, the most --temps allows) of N samples each, sampled and
+   reported once: what a sweep's report costs (its plots and sample tables are thinned to 12 temperatures).
 `--baseline CHECKOUT` also times another checkout's `report` on the step-1 directory (e.g. main before this change).
 
     python bench/bench_report.py --model runs/notebook/model.onnx --n 20000
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--big", type=int, help="also measure once at this many samples a temperature")
     parser.add_argument("--baseline", type=Path, help="another checkout whose report is timed on the same samples")
+    parser.add_argument("--sweep", type=int, help="also measure 1,000 temperatures of this many samples each")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "samples"
@@ -118,6 +121,13 @@ def main() -> None:
             r, rp = timed(ROOT, "report", str(big))
             print(f"{3 * args.big:,} samples: sample-batch --no-report {s:.1f} s ({sp:,.0f} MiB), report {r:.1f} s at "
                   f"{rp:,.0f} MiB peak; report / sample-batch = {r / s:.2f}")
+        if args.sweep:
+            sweep = Path(tmp) / "sweep"
+            s, _ = timed(ROOT, "sample-batch", "--model", str(args.model), "--n", str(args.sweep), "--temps",
+                         "0.01:10:0.01", "--out", str(sweep), "--no-report")
+            r, rp = timed(ROOT, "report", str(sweep))
+            print(f"1,000 temperatures x {args.sweep:,} samples: sample-batch --no-report {s:.1f} s, report {r:.1f} s "
+                  f"at {rp:,.0f} MiB peak; report / sample-batch = {r / s:.2f}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from eval import html
 from eval.scoring import ScoredRun, read, score_read, scored_size
 from eval.stream import SUBSET
 from toolkit import sampledir
-from toolkit.files import UsageError, atomic_path, clear_stale, exclusive, write_text
+from toolkit.files import UsageError, atomic_paths, clear_stale, exclusive
 
 
 def score(sample_dir: Path, train_data: str | None = None, name: str | None = None, size: int | None = None,
@@ -64,7 +64,7 @@ def write_comparison(sample_dirs: Sequence[Path], out: Path, train_data: str | N
 
 def _write(out: Path, table: pd.DataFrame, page: str) -> tuple[Path, Path]:
     csv_path, html_path = out / sampledir.METRICS, out / sampledir.REPORT
-    with atomic_path(csv_path) as tmp:
-        table.to_csv(tmp, index=False)
-    write_text(html_path, page)
+    with atomic_paths(csv_path, html_path) as (csv_tmp, html_tmp):  # both written, then both renamed
+        table.to_csv(csv_tmp, index=False)
+        html_tmp.write_text(page, encoding="utf-8")
     return csv_path, html_path

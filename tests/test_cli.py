@@ -136,3 +136,66 @@ def test_pipeline_refuses_bad_sampling_input_before_training(small_csv, tmp_path
     result = run_cli("pipeline", "--data", small_csv, "--name", "x", *args, cwd=tmp_path)
     assert_usage_error(result, *words)
     assert not (tmp_path / "runs").exists()
+
+
+# --- pipeline: every stage checked before training, a job that stopped continues (trust, round two) ---------------
+
+def _cuda_works() -> bool:
+    from toolkit.files import UsageError
+    from toolkit.sampling.runtime import check_device
+
+    try:
+        check_device("cuda", start=True)
+    except UsageError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_cuda_works(), reason="CUDA starts here: nothing to refuse")
+def test_pipeline_refuses_a_device_that_cannot_start_before_training(small_csv, tmp_path):
+    """onnxruntime lists CUDA even where it cannot start it: the pipeline starts it before the first stage."""
+    result = run_cli("pipeline", "--data", small_csv, "--name", "x", "--device", "cuda", "--epochs", "1",
+                     cwd=tmp_path)
+    assert_usage_error(result, "--device cuda", "could not start")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../../x", "a/b", "-x", "runs/.."])
+def test_pipeline_names_never_reach_outside_runs_and_reports(small_csv, tmp_path, name):
+    (tmp_path / "project").mkdir()
+    result = run_cli("pipeline", "--data", small_csv, "--name", name, "--epochs", "1", cwd=tmp_path / "project")
+    assert_usage_error(result, "--name", "plain name")
+    assert [p.name for p in tmp_path.rglob("*")] == ["project"]
+
+
+def test_pipeline_refuses_a_report_folder_it_would_not_replace_before_training(small_csv, tmp_path):
+    (tmp_path / "reports" / "x").mkdir(parents=True)
+    (tmp_path / "reports" / "x" / "notes.txt").write_text("mine")
+    result = run_cli("pipeline", "--data", small_csv, "--name", "x", "--epochs", "1", cwd=tmp_path)
+    assert_usage_error(result, "--name", "holds no charlm samples")
+    assert not (tmp_path / "runs").exists() and (tmp_path / "reports" / "x" / "notes.txt").read_text() == "mine"
+
+
+def test_pipeline_refuses_missing_data_before_training(tmp_path):
+    result = run_cli("pipeline", "--data", tmp_path / "gone.csv", "--name", "x", cwd=tmp_path)
+    assert_usage_error(result, "does not exist")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_pipeline_resume_continues_a_job_that_stopped_after_training(tiny_run, tiny_onnx, tmp_path):
+    """A job whose training completed (and whose model is exported) goes straight on to sampling and the report;
+    a new export only where the model is older than the best checkpoint."""
+    import shutil
+
+    shutil.copytree(tiny_run, tmp_path / "runs" / "x")
+    os.utime(tmp_path / "runs" / "x" / "model.onnx")  # newer than best.keras
+    result = run_cli("pipeline", "--name", "x", "--resume", "--n", "4", "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "[1/4] train: " in result.stdout and "has completed its 2 epochs" in result.stdout
+    assert "[2/4] export-onnx: " in result.stdout and "newer than the best checkpoint" in result.stdout
+    assert (tmp_path / "reports" / "x" / "report.html").is_file()
+    os.utime(tmp_path / "runs" / "x" / "model.onnx", (0, 0))  # older than best.keras: exported again
+    result = run_cli("pipeline", "--name", "x", "--resume", "--n", "4", "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "[2/4] export-onnx -> " in result.stdout
+    assert_usage_error(run_cli("pipeline", "--name", "y", "--resume", cwd=tmp_path), "--resume")

@@ -94,6 +94,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """atomic_path for files that go together: every one is written before any is renamed into place, so a failed
+    write (a full disk) leaves all of them as they were."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(atomic_path(p)) for p in paths]  # renamed in reverse order as the stack unwinds
+
+
 def is_temporary(name: str) -> bool:
     """A name `atomic_path` gives its temporaries."""
     return name.startswith(".") and bool(_TEMPORARY.search(name))
