@@ -428,6 +428,38 @@ TABLES = {title: tuple(m.name for m in REGISTRY if m.table == title) for title i
 TRENDS = {panel: tuple(m.name for m in REGISTRY if m.panel == panel) for panel in PANELS}
 
 
+@dataclass
+class Sums:
+    """What a ratio of per-text sums needs for its estimate and its normal interval (delta method)."""
+
+    num: float = 0.0
+    den: float = 0.0
+    nn: float = 0.0
+    dd: float = 0.0
+    nd: float = 0.0
+    n: int = 0
+
+    def add(self, num: np.ndarray, den: np.ndarray) -> None:
+        self.num += float(num.sum())
+        self.den += float(den.sum())
+        self.nn += float(num @ num)
+        self.dd += float(den @ den)
+        self.nd += float(num @ den)
+        self.n += num.size
+
+    def interval(self, z: float, top: float) -> tuple[float, float, float]:
+        """(estimate, low, high): R = sum num / sum den, its standard error from the linearised residuals
+        num - R den (the textbook ratio estimator), clipped to [0, top]."""
+        if self.den <= 0:
+            return math.nan, math.nan, math.nan
+        r = self.num / self.den
+        if self.n < 2:
+            return r, math.nan, math.nan
+        residual = max(self.nn - 2 * r * self.nd + r * r * self.dd, 0.0)  # sum of (num - r den)^2
+        se = math.sqrt(residual * self.n / (self.n - 1)) / self.den
+        return r, max(r - z * se, 0.0), min(r + z * se, top)
+
+
 # --- scoring --------------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -464,19 +496,18 @@ def _pools(group: Group, size: int, seed: int) -> _Pools:
 
 def streamed_values(columns: Columns) -> dict[str, tuple[float, float, float]]:
     """The streamed metrics of texts held in memory (the reference, a small group)."""
-    from eval.stream import Sums
-
     out = {}
     for m in STREAMED:
         pair = m.compute(columns)
         if pair is not None:
             sums = Sums()
             sums.add(*pair)
-            out[m.name] = sums.interval(_z(), math.inf if not m.bounded else 1.0)
+            out[m.name] = sums.interval(normal_quantile(), math.inf if not m.bounded else 1.0)
     return out
 
 
-def _z() -> float:
+def normal_quantile() -> float:
+    """z of a two-sided CONFIDENCE normal interval (1.96 at 95%)."""
     from statistics import NormalDist
 
     return NormalDist().inv_cdf((1 + CONFIDENCE) / 2)
@@ -563,34 +594,6 @@ def _subset_values(subs: list[Texts], p: _Pools, reference: list[Texts], referen
             reps = np.nanmean([x[name] for x in distances[:boot]], axis=0)
             out[name] = _bounds(name, est, reps, size, scale)
     return out
-
-
-def metrics_table(samples: pd.DataFrame, train: TrainingTitles | Sequence[str], val_titles: Sequence[str], *,
-                  size: int | None = None, reference_bpc: float | None = None, seed: int = 0,
-                  subset: int | None = None) -> pd.DataFrame:
-    """One row per temperature (columns `temperature`, `text`, `finished`, optionally `logprob`, of samples.csv),
-    sorted, then a `reference` row for the held-out titles, so a reader sees which temperature looks like real
-    text. Each metric has `_lo` and `_hi` columns: its confidence interval. `size` is the common subsample size
-    (default: the smallest group); `subset` the texts per group the subset metrics read (default eval.stream's)."""
-    from eval.stream import SUBSET, Streams, reference_stream
-
-    train = train if isinstance(train, TrainingTitles) else TrainingTitles(train)
-    logprob = "logprob" in samples
-    streams = Streams(train, subset or SUBSET, seed)
-    streams.add(samples["temperature"].to_numpy(np.float64), samples["text"].astype(str).tolist(),
-                samples["finished"].to_numpy(bool), samples["logprob"].to_numpy(np.float64) if logprob else None)
-    groups = [stream_group(s, logprob) for s in streams.groups()]
-    reference = stream_group(reference_stream(list(val_titles), train, subset or SUBSET, seed), False, "reference")
-    return score(groups, reference, train, size=size, reference_bpc=reference_bpc, seed=seed)
-
-
-def stream_group(stream, logprob: bool, label: str | None = None) -> Group:
-    """A Group of an eval.stream.GroupStream: its subset, its number of samples and its streamed metrics."""
-    z = _z()
-    streamed = {m.name: stream.sums[m.name].interval(z, 1.0 if m.bounded else math.inf)
-                for m in STREAMED if m.name in stream.sums}
-    return Group(label or f"T={stream.temperature:g}", stream.temperature if label is None else math.nan,
-                 stream.texts, stream.finished, stream.logprob if logprob else None, stream.rows, streamed)
 
 
 def _interval(name: str, values: np.ndarray, size: int) -> tuple[float, float, float]:

@@ -33,11 +33,6 @@ def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
     return list(zip(*(tokens[i:] for i in range(n)), strict=False))
 
 
-def normalised_distance(a: str, b: str) -> float:
-    """Levenshtein distance / the longer length: 0 for equal texts, 1 for nothing in common."""
-    return Levenshtein.normalized_distance(a, b)
-
-
 @dataclass
 class TrainingTitles:
     """The training titles and what is built from them once per report."""

@@ -9,12 +9,15 @@ from any folder, offline, with neither TensorFlow nor the corpus; `train_data` r
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from eval.metrics import Group, score, stream_group
+from eval.metrics import STREAMED, Group, normal_quantile, score
 from eval.novelty import TrainingTitles
 from eval.stream import SUBSET, GroupStream, Streams, reference_stream, text_hashes
 from toolkit import sampledir, titles
@@ -140,3 +143,29 @@ def length_histograms(run: Read) -> dict[float, np.ndarray]:
 def scored_size(reads: list[Read], size: int | None) -> int:
     """One size for every group of every run: comparable figures."""
     return min(r.smallest for r in reads) if size is None else size
+
+
+def metrics_table(samples: pd.DataFrame, train: TrainingTitles | Sequence[str], val_titles: Sequence[str], *,
+                  size: int | None = None, reference_bpc: float | None = None, seed: int = 0,
+                  subset: int | None = None) -> pd.DataFrame:
+    """One row per temperature (columns `temperature`, `text`, `finished`, optionally `logprob`, of samples.csv),
+    sorted, then a `reference` row for the held-out titles, so a reader sees which temperature looks like real
+    text. Each metric has `_lo` and `_hi` columns: its confidence interval. `size` is the common subsample size
+    (default: the smallest group); `subset` the texts per group the subset metrics read (default eval.stream's)."""
+    train = train if isinstance(train, TrainingTitles) else TrainingTitles(train)
+    logprob = "logprob" in samples
+    streams = Streams(train, subset or SUBSET, seed)
+    streams.add(samples["temperature"].to_numpy(np.float64), samples["text"].astype(str).tolist(),
+                samples["finished"].to_numpy(bool), samples["logprob"].to_numpy(np.float64) if logprob else None)
+    groups = [stream_group(s, logprob) for s in streams.groups()]
+    reference = stream_group(reference_stream(list(val_titles), train, subset or SUBSET, seed), False, "reference")
+    return score(groups, reference, train, size=size, reference_bpc=reference_bpc, seed=seed)
+
+
+def stream_group(stream, logprob: bool, label: str | None = None) -> Group:
+    """A Group of an eval.stream.GroupStream: its subset, its number of samples and its streamed metrics."""
+    z = normal_quantile()
+    streamed = {m.name: stream.sums[m.name].interval(z, 1.0 if m.bounded else math.inf)
+                for m in STREAMED if m.name in stream.sums}
+    return Group(label or f"T={stream.temperature:g}", stream.temperature if label is None else math.nan,
+                 stream.texts, stream.finished, stream.logprob if logprob else None, stream.rows, streamed)

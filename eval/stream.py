@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from eval.metrics import STREAMED, Columns
+from eval.metrics import STREAMED, Columns, Sums
 from eval.novelty import TrainingTitles
 
 SUBSET = 10_000  # texts per group the subset metrics read: see docs/benchmarks.md ("Report cost")
@@ -38,38 +38,6 @@ def _keys(positions: np.ndarray, seed: int) -> np.ndarray:
 
 def text_hashes(texts: Iterable[str]) -> np.ndarray:
     return pd.util.hash_array(np.asarray(list(texts) if not isinstance(texts, np.ndarray) else texts, dtype=object))
-
-
-@dataclass
-class Sums:
-    """What a ratio of per-text sums needs for its estimate and its normal interval (delta method)."""
-
-    num: float = 0.0
-    den: float = 0.0
-    nn: float = 0.0
-    dd: float = 0.0
-    nd: float = 0.0
-    n: int = 0
-
-    def add(self, num: np.ndarray, den: np.ndarray) -> None:
-        self.num += float(num.sum())
-        self.den += float(den.sum())
-        self.nn += float(num @ num)
-        self.dd += float(den @ den)
-        self.nd += float(num @ den)
-        self.n += num.size
-
-    def interval(self, z: float, top: float) -> tuple[float, float, float]:
-        """(estimate, low, high): R = sum num / sum den, its standard error from the linearised residuals
-        num - R den (the textbook ratio estimator), clipped to [0, top]."""
-        if self.den <= 0:
-            return math.nan, math.nan, math.nan
-        r = self.num / self.den
-        if self.n < 2:
-            return r, math.nan, math.nan
-        residual = max(self.nn - 2 * r * self.nd + r * r * self.dd, 0.0)  # sum of (num - r den)^2
-        se = math.sqrt(residual * self.n / (self.n - 1)) / self.den
-        return r, max(r - z * se, 0.0), min(r + z * se, top)
 
 
 @dataclass

@@ -77,6 +77,64 @@ def read_weights(model) -> Weights:
     return Weights(cell, embedding, layers, head)
 
 
+class _StepGraph:
+    """What the layers of one step share while it is built: the graph, the dtype and how outputs are named."""
+
+    def __init__(self, w: Weights, opset: int, fp16: bool):
+        self.g, self.fp16, self.w = Graph(np.float16 if fp16 else np.float32, opset), fp16, w
+        self.gates = LSTM_GATES if w.cell == "lstm" else GRU_GATES
+        self.tensor = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
+
+    def boundary_in(self, name: str) -> str:
+        return self.g.op("Cast", name, to=self.tensor, name=f"{name}_cast") if self.fp16 else name
+
+    def op(self, last: bool, name: str, op: str, *inputs: str, **attrs) -> str:
+        """A node; for the last layer, the node that makes graph output `name` (then Cast back in half precision)."""
+        if not last:
+            return self.g.op(op, *inputs, **attrs)
+        return self.output(op, *inputs, name=name, **attrs)
+
+    def output(self, op: str, *inputs: str, name: str, **attrs) -> str:
+        """The node that makes a graph output: named after it, followed by a Cast in half precision."""
+        if self.fp16:
+            inner = self.g.op(op, *inputs, **attrs)
+            self.g.op("Cast", inner, name=name, to=TensorProto.FLOAT)
+            return inner
+        return self.g.op(op, *inputs, name=name, **attrs)
+
+    def by_gate(self, name: str, matrix: np.ndarray) -> dict[str, str]:
+        return {gate: self.g.const(f"{name}_{gate}", part)
+                for gate, part in zip(self.gates, np.split(matrix, len(self.gates), axis=-1), strict=True)}
+
+
+def _lstm_layer(b: _StepGraph, i: int, layer: Layer, x: dict[str, str], prev: dict[str, str],
+                last: bool) -> dict[str, str]:
+    """One LSTM layer: its gates from the input projections `x` and the previous state; returns h and c."""
+    g = b.g
+    recurrent = b.by_gate(f"recurrent_kernel_{i}", layer.recurrent)
+    z = {gate: g.op("Add", g.op("MatMul", prev["h"], recurrent[gate]), x[gate]) for gate in b.gates}
+    in_gate, forget, out_gate = (g.op("Sigmoid", z[gate]) for gate in "ifo")
+    c = b.op(last, contract.out("c"), "Add", g.op("Mul", forget, prev["c"]), g.op("Mul", in_gate, g.op("Tanh", z["c"])))
+    h = b.op(last, contract.out("h"), "Mul", out_gate, g.op("Tanh", c))
+    return {"h": h, "c": c}
+
+
+def _gru_layer(b: _StepGraph, i: int, layer: Layer, x: dict[str, str], prev: dict[str, str],
+               last: bool) -> dict[str, str]:
+    """One GRU layer (reset_after: r multiplies (h U_h + b_h)); returns h."""
+    g = b.g
+    recurrent = b.by_gate(f"recurrent_kernel_{i}", layer.recurrent)
+    rec_bias = b.by_gate(f"recurrent_bias_{i}", layer.recurrent_bias)
+    rec = {gate: g.op("Add", g.op("MatMul", prev["h"], recurrent[gate]), rec_bias[gate]) for gate in b.gates}
+    update, reset = (g.op("Sigmoid", g.op("Add", x[gate], rec[gate])) for gate in "zr")
+    cand = g.op("Tanh", g.op("Add", x["h"], g.op("Mul", reset, rec["h"])))
+    h = b.op(last, contract.out("h"), "Add", cand, g.op("Mul", update, g.op("Sub", prev["h"], cand)))  # z h + (1-z) c
+    return {"h": h}
+
+
+LAYERS = {"lstm": _lstm_layer, "gru": _gru_layer}
+
+
 def build_step_graph(w: Weights, metadata: dict[str, str], opset: int = DEFAULT_OPSET,
                      fp16: bool = False) -> onnx.ModelProto:
     """The single-step model. Inputs and outputs are float32 at the boundary, whatever the weights are.
@@ -85,68 +143,33 @@ def build_step_graph(w: Weights, metadata: dict[str, str], opset: int = DEFAULT_
     Split or Slice (it has no views), and those copies were the largest single cost of a step on a GPU. A one-layer
     model keeps its state [1, rows, units] from input to output, so h_out and c_out are written in place.
     """
-    dtype = np.float16 if fp16 else np.float32
-    g, units, n = Graph(dtype, opset), w.units, len(w.layers)
-    tensor = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
-    lstm = w.cell == "lstm"
-    gates = LSTM_GATES if lstm else GRU_GATES
-
-    def boundary_in(name: str) -> str:
-        return g.op("Cast", name, to=tensor, name=f"{name}_cast") if fp16 else name
-
-    def output(op: str, *inputs: str, name: str, **attrs) -> str:
-        """The node that makes a graph output: named after it, followed by a Cast in half precision."""
-        if fp16:
-            inner = g.op(op, *inputs, **attrs)
-            g.op("Cast", inner, name=name, to=TensorProto.FLOAT)
-            return inner
-        return g.op(op, *inputs, name=name, **attrs)
-
-    def by_gate(name: str, matrix: np.ndarray) -> dict[str, str]:
-        return {gate: g.const(f"{name}_{gate}", part)
-                for gate, part in zip(gates, np.split(matrix, len(gates), axis=-1), strict=True)}
-
+    b = _StepGraph(w, opset, fp16)
+    g, units, n = b.g, w.units, len(w.layers)
     kinds = contract.STATES[w.cell]
-    state = {k: boundary_in(k) for k in kinds}
+    state = {k: b.boundary_in(k) for k in kinds}
     first = w.layers[0]
-    tables = by_gate("input_table", w.embedding @ first.kernel + first.bias)  # embedding, projection, bias
+    tables = b.by_gate("input_table", w.embedding @ first.kernel + first.bias)  # embedding, projection, bias
     x = {gate: g.op("Gather", table, contract.TOKEN, axis=0, name=f"input_{gate}") for gate, table in tables.items()}
     news: dict[str, list[str]] = {k: [] for k in kinds}
     for i, layer in enumerate(w.layers):
-        last = n == 1  # then the layer's results are the graph's outputs
-        if n == 1:
+        if n == 1:  # then the layer's results are the graph's outputs
             prev = state
         else:
             index = g.const(f"layer_{i}", np.int64(i), np.int64)
             prev = {k: g.op("Gather", state[k], index, axis=0, name=f"{k}_{i}") for k in kinds}
         if i:
-            kernels, biases = by_gate(f"kernel_{i}", layer.kernel), by_gate(f"bias_{i}", layer.bias)
-            x = {gate: g.op("Gemm", news["h"][-1], kernels[gate], biases[gate]) for gate in gates}
-        recurrent = by_gate(f"recurrent_kernel_{i}", layer.recurrent)
-        if lstm:
-            z = {gate: g.op("Add", g.op("MatMul", prev["h"], recurrent[gate]), x[gate]) for gate in gates}
-            in_gate, forget, out_gate = (g.op("Sigmoid", z[gate]) for gate in "ifo")
-            args = ("Add", g.op("Mul", forget, prev["c"]), g.op("Mul", in_gate, g.op("Tanh", z["c"])))
-            c = output(*args, name=contract.out("c")) if last else g.op(*args)
-            args = ("Mul", out_gate, g.op("Tanh", c))
-            h = output(*args, name=contract.out("h")) if last else g.op(*args)
-            news["c"].append(c)
-        else:  # reset_after: r multiplies (h U_h + b_h)
-            rec_bias = by_gate(f"recurrent_bias_{i}", layer.recurrent_bias)
-            rec = {gate: g.op("Add", g.op("MatMul", prev["h"], recurrent[gate]), rec_bias[gate]) for gate in gates}
-            update, reset = (g.op("Sigmoid", g.op("Add", x[gate], rec[gate])) for gate in "zr")
-            cand = g.op("Tanh", g.op("Add", x["h"], g.op("Mul", reset, rec["h"])))
-            args = ("Add", cand, g.op("Mul", update, g.op("Sub", prev["h"], cand)))  # z*h + (1-z)*cand
-            h = output(*args, name=contract.out("h")) if last else g.op(*args)
-        news["h"].append(h)
+            kernels, biases = b.by_gate(f"kernel_{i}", layer.kernel), b.by_gate(f"bias_{i}", layer.bias)
+            x = {gate: g.op("Gemm", news["h"][-1], kernels[gate], biases[gate]) for gate in b.gates}
+        for k, v in LAYERS[w.cell](b, i, layer, x, prev, last=n == 1).items():
+            news[k].append(v)
     top = news["h"][-1]
     if n == 1:
         top = g.op("Squeeze", top, g.const("axis0", [0], np.int64))
-    output("Gemm", top, g.const("head_kernel", w.head[0]), g.const("head_bias", w.head[1]), name=contract.LOGITS)
+    b.output("Gemm", top, g.const("head_kernel", w.head[0]), g.const("head_bias", w.head[1]), name=contract.LOGITS)
     if n > 1:
         axis0 = g.const("axis0", [0], np.int64)
         for k in kinds:
-            output("Concat", *(g.op("Unsqueeze", v, axis0) for v in news[k]), axis=0, name=contract.out(k))
+            b.output("Concat", *(g.op("Unsqueeze", v, axis0) for v in news[k]), axis=0, name=contract.out(k))
 
     vocab_size = w.embedding.shape[0]
     state_shape = [n, "batch", units]
@@ -213,6 +236,15 @@ def check_arguments(run_dir: Path, checkpoint: str, opset: int, out: Path | None
     return config, facts, ckpt, rundir.export_target(run_dir, out, fp16)
 
 
+def _load(run_dir: Path, name: str, load):
+    """What `load` reads of the run; a missing, truncated or foreign file is one line naming that file."""
+    try:
+        return load()
+    except Exception as e:  # Keras and json raise many types
+        raise UsageError(f"cannot load {name} from {run_dir} ({str(e).splitlines()[0][:160]}); the run is "
+                         "incomplete or corrupt") from None
+
+
 def export(run_dir: Path, out: Path | None = None, checkpoint: str = "best", opset: int = DEFAULT_OPSET,
            fp16: bool = False) -> Export:
     """Export a run's checkpoint; the file appears only once onnxruntime reproduces Keras within tolerance."""
@@ -223,15 +255,11 @@ def export(run_dir: Path, out: Path | None = None, checkpoint: str = "best", ops
 
     import toolkit.model  # noqa: F401  registers the custom metric the checkpoint refers to
 
-    try:
-        vocab = Vocab.load(run_dir / rundir.VOCAB)
-        model = keras.saving.load_model(ckpt, compile=False)
-    except Exception as e:  # missing, truncated or foreign files: Keras and json raise many types
-        raise UsageError(f"cannot load {ckpt.name if ckpt.exists() else 'vocab.json'} from {run_dir} "
-                         f"({str(e).splitlines()[0][:160]}); the run is incomplete or corrupt") from None
+    vocab = _load(run_dir, rundir.VOCAB, lambda: Vocab.load(run_dir / rundir.VOCAB))
+    model = _load(run_dir, ckpt.name, lambda: keras.saving.load_model(ckpt, compile=False))
     weights = read_weights(model)
     if weights.embedding.shape[0] != vocab.size:
-        raise UsageError(f"{ckpt} has {weights.embedding.shape[0]} ids but vocab.json has {vocab.size}; "
+        raise UsageError(f"{ckpt} has {weights.embedding.shape[0]} ids but {rundir.VOCAB} has {vocab.size}; "
                          "the run is inconsistent")
     reference = run_dir / titles.FILE
     spec = contract.StepSpec(weights.cell, len(weights.layers), weights.units, vocab, config.to_dict(),

@@ -30,6 +30,20 @@ def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None
         assert word.lower() in lines[0].lower(), (word, lines[0])
 
 
+def decode(vocab, ids) -> str:
+    """Ids to text the simple way (stop at the first <eos>, drop the other reserved ids): the tests' reference for
+    the toolkit's array decoders."""
+    from toolkit.vocab import EOS, SPECIALS
+
+    text = []
+    for i in map(int, ids):
+        if i == EOS:
+            break
+        if i >= len(SPECIALS):
+            text.append(vocab.chars[i - len(SPECIALS)])
+    return "".join(text)
+
+
 def as_cli(error: Exception, command: str | None = None) -> str:
     """A library error as the CLI prints it: its parameters named by the flags of `command`."""
     import cli

@@ -1,4 +1,5 @@
 import numpy as np
+from helpers import decode
 
 from toolkit.dataset import make_dataset
 from toolkit.vocab import BOS, BREAK, EOS, PAD, Vocab
@@ -20,7 +21,7 @@ def test_each_text_is_bos_text_eos_shifted_by_one():
             n = int((yi != PAD).sum())
             assert xi[0] == BOS and yi[n - 1] == EOS and (xi[1:n] == yi[:n - 1]).all()
             assert (xi[n:] == PAD).all() and (yi[n:] == PAD).all()
-            seen.append(vocab.decode(yi[:n]))
+            seen.append(decode(vocab, yi[:n]))
     assert sorted(seen) == sorted(TEXTS)
 
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import step_model
+from helpers import decode, step_model
 
 from toolkit.files import UsageError
 from toolkit.sampling.config import SampleConfig, sampling_config
 from toolkit.sampling.engine import Engine, ladder
+from toolkit.sampling.numpy_loop import generate
 from toolkit.sampling.processors import InvalidParameter, Temperature
-from toolkit.sampling.reference import generate
 from toolkit.sampling.runtime import OnnxStep
 from toolkit.vocab import BOS, EOS, PAD, UNK
 
@@ -186,11 +186,10 @@ def test_the_sampling_package_imports_nothing_from_the_training_side():
 def test_a_blocks_uniforms_are_those_of_each_of_its_steps():
     import onnxruntime as ort
 
-    from toolkit.sampling.draw import counters, squares_key, uniforms
-    from toolkit.sampling.head import uniform_graph
+    from toolkit.sampling.draw import counters, squares_key, uniform_graph, uniforms
 
     config = SampleConfig((1.0,), seed=123)
-    model = ort.InferenceSession(uniform_graph(config, 8).SerializeToString(), providers=["CPUExecutionProvider"])
+    model = ort.InferenceSession(uniform_graph(config.seed, 8).SerializeToString(), providers=["CPUExecutionProvider"])
     counter = counters(np.array([0, 5, 10**9]))
     block = model.run(None, {"counter": counter, "first_step": np.array(16, np.int64)})[0]
     assert np.array_equal(block, np.stack([uniforms(squares_key(123), counter, 16 + j) for j in range(8)]))
@@ -201,13 +200,13 @@ def test_the_reference_loop_gives_ids_the_vocabulary_decodes(lstm):
     config = SampleConfig((1.0,), n=6, max_len=20, seed=1)
     batch = generate(lstm, config, np.arange(6), [[]])
     texts = lstm.spec.vocab.decode_rows(batch.ids).tolist()
-    assert texts == [lstm.spec.vocab.decode(row) for row in Engine(lstm, config).generate(np.arange(6)).ids]
+    assert texts == [decode(lstm.spec.vocab, row) for row in Engine(lstm, config).generate(np.arange(6)).ids]
 
 
 def test_a_model_with_non_finite_logits_is_named_with_what_to_do(tmp_path):
     path = step_model(tmp_path / "nan.onnx", bias={7: np.nan})
-    with pytest.raises(UsageError, match=rf"^{path} gives non-finite logits .* retrain it \(with a lower --lr\) and "
-                                         "export it again$"):
+    with pytest.raises(UsageError, match=rf"^{path} gives non-finite logits .* retrain it \(`cli.py train` with a "
+                                         r"lower --lr\) and export it again$"):
         Engine(OnnxStep(path, "cpu"), SampleConfig((1.0,), n=4, max_len=10)).generate(np.arange(4))
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from helpers import CHARS, step_model
 
-from toolkit.sampling.likelihood import bits_per_character, log_likelihood, log_softmax
+from toolkit.sampling.draw import log_softmax
+from toolkit.sampling.likelihood import bits_per_character, log_likelihood
 from toolkit.sampling.runtime import OnnxStep
 from toolkit.vocab import BOS, EOS, Vocab
 
@@ -78,7 +79,7 @@ def test_bits_per_character_of_a_model_that_knows_nothing_are_log2_of_the_vocabu
 def test_log_softmax_normalises_each_row_on_its_own():
     rows = np.array([[0.0, 1.0, 2.0], [1000.0, 1001.0, 1002.0], [-1000.0, -999.0, -998.0]], np.float32)
     expected = np.array([0.0, 1.0, 2.0]) - math.log(1 + math.e + math.e**2)
-    np.testing.assert_allclose(log_softmax(rows), np.tile(expected, (3, 1)), rtol=1e-12)
+    np.testing.assert_allclose(log_softmax(rows.astype(np.float64)), np.tile(expected, (3, 1)), rtol=1e-12)
 
 
 def test_scores_keep_the_digits_of_float64(toy):

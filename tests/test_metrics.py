@@ -12,7 +12,8 @@ from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp, linregress, wasserstein_distance
 
-from eval.metrics import CURVE, DISTANCES, METRICS, distances, metrics_table, self_bleu, words
+from eval.metrics import CURVE, DISTANCES, METRICS, distances, self_bleu, words
+from eval.scoring import metrics_table
 
 TRAIN = ["a b c d", " c a", "x y z"]
 TEXTS = ["A b a b", "a b c d", "a b c d", "c a ", ""]

@@ -9,7 +9,7 @@ import pytest
 from rapidfuzz.distance import Levenshtein
 
 import eval.novelty
-from eval.novelty import CHAR_ORDERS, FILTER_Q, TrainingTitles, normalised_distance, novelty
+from eval.novelty import CHAR_ORDERS, FILTER_Q, TrainingTitles, novelty
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -45,7 +45,7 @@ def test_normalised_distance_is_levenshtein_over_the_longer_length():
     rng = random.Random(0)
     titles = random_titles(rng, 60)
     for a, b in zip(titles, [mutate(rng, t, rng.randint(0, 6)) for t in titles[::-1]], strict=True):
-        assert normalised_distance(a, b) == pytest.approx(edit_distance(a, b) / max(len(a), len(b), 1))
+        assert Levenshtein.normalized_distance(a, b) == pytest.approx(edit_distance(a, b) / max(len(a), len(b), 1))
 
 
 @pytest.mark.parametrize("seed", range(3))

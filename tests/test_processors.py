@@ -80,7 +80,8 @@ def test_min_p_keeps_ids_at_least_p_times_the_likeliest(p, expected):
 
 def test_repetition_penalty_subtracts_presence_once_and_frequency_per_draw():
     counts = np.array([[0, 2, 1, 0]], np.float32)
-    out = RepetitionPenalty(presence=0.5, frequency=0.25).numpy(np.zeros((1, 4), np.float32), Rows(None, counts))
+    out = RepetitionPenalty(presence=0.5, frequency=0.25).numpy(np.zeros((1, 4), np.float32),
+                                                                Rows(None, {"counts": counts}))
     assert out.tolist() == [[0.0, -1.0, -0.75, 0.0]]
 
 
@@ -119,7 +120,7 @@ def run_graph(build, inputs: dict[str, np.ndarray], opset=17):
 
 
 PROCESSORS = [Ban(), Temperature(), TopK(3), TopP(0.7), MinP(0.05), RepetitionPenalty(0.4, 0.3)]
-GRAPH_ROWS = Rows("temperature", "counts", inverse="inverse")
+GRAPH_ROWS = Rows("temperature", {"counts": "counts"}, inverse="inverse")
 
 
 @pytest.mark.parametrize("opset", [13, 17, 18, 26])
@@ -130,7 +131,7 @@ def test_onnx_nodes_do_what_the_numpy_reference_does(processor, opset):
     x[:50, 5] = x[:50, 6]  # ties
     temperature = rng.choice(np.float32([0, 0.3, 1, 1.8]), 500)
     counts = rng.integers(0, 4, (500, VOCAB)).astype(np.float32)
-    expected = processor.numpy(x, Rows(temperature, counts))
+    expected = processor.numpy(x, Rows(temperature, {"counts": counts}))
     got = run_graph(lambda g: processor.onnx(g, "x", GRAPH_ROWS),
                     {"x": x, "temperature": temperature, "counts": counts,
                      "inverse": inverse_temperature(temperature)}, opset)
@@ -191,7 +192,7 @@ def test_each_processors_draws_follow_its_exact_distribution(processor):
     counts = np.tile(np.float32([[0, 0, 0, 0, 1, 3, 0, 2, 0, 0, 1, 0]]), (draws, 1))
     exact = x[:1]
     for p in chain:
-        exact = p.numpy(exact, Rows(temperature[:1], counts[:1]))
+        exact = p.numpy(exact, Rows(temperature[:1], {"counts": counts[:1]}))
     exact = np.exp(exact[0].astype(np.float64))
     exact /= exact.sum()
 
@@ -315,7 +316,7 @@ def test_a_whole_chain_in_the_graph_equals_the_reference_to_the_last_bit(opset):
 
     expected = x
     for p in chain:
-        expected = p.numpy(expected, Rows(temperature, counts))
+        expected = p.numpy(expected, Rows(temperature, {"counts": counts}))
     got = run_graph(build, {"x": x, "temperature": temperature, "counts": counts,
                             "inverse": inverse_temperature(temperature)}, opset)
     assert expected.dtype == np.float32 and np.array_equal(got, expected)

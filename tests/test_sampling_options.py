@@ -5,6 +5,7 @@ import errno
 import math
 import os
 import re
+import shutil
 
 import pytest
 from helpers import as_cli, assert_usage_error, cli_in_process, run_cli, step_model
@@ -189,3 +190,51 @@ def test_a_temps_error_suggests_values_that_work(text):
         parse_temperatures(text)
     examples = re.findall(r"--temps (\S+)", as_cli(error.value).partition("e.g. ")[2])
     assert examples and all(parse_temperatures(e) for e in examples)
+
+
+EXTREME = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(
+    [0.0, 1e-320, 5e-324, 1e-300, 1e300, 1.7976931348623157e308, -1e308, 1.0, 0.1]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(start=EXTREME, stop=EXTREME, step=EXTREME, before=st.lists(st.floats(0.01, 5), max_size=3))
+def test_any_range_is_a_config_or_one_line(start, stop, step, before):
+    """Ranges whose count overflows, underflows or runs past the limit (the class that reached a traceback):
+    every one is a config or one line naming the flag."""
+    text = ",".join([*map(repr, before), f"{start!r}:{stop!r}:{step!r}"])
+    try:
+        config = sampling_config(parse_temperatures(text))
+    except UsageError as e:
+        assert "\n" not in str(e) and as_cli(e).startswith("error: --temps"), str(e)
+        return
+    assert 1 <= len(config.temperatures) <= 1000
+
+
+def _tampered(path, tmp_path, key, value):
+    import onnx
+
+    proto = onnx.load(path)
+    for prop in proto.metadata_props:
+        if prop.key == key:
+            prop.value = value
+    out = tmp_path / f"tampered-{key}.onnx"
+    onnx.save(proto, out)
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(["cell", "layers", "units", "vocab", "specials", "config", "reference"]),
+       value=st.one_of(st.sampled_from(["gru", "lstm", "0", "2", "64", "-1", "{}", "[]", "", "nan",
+                                        '{"specials": {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}, '
+                                        '"chars": ["a", "b"]}']), st.text(max_size=20)))
+def test_tampered_metadata_is_one_line_never_a_traceback(model, tmp_path, key, value):
+    """Metadata that disagrees with the graph is refused when the model loads, in one line, before any sampling."""
+    path = _tampered(model, tmp_path, key, value)
+    try:
+        sample_batch(path, tmp_path / "s", SampleConfig((1.0,), n=2, max_len=8), device="cpu")
+    except UsageError as e:
+        assert "\n" not in str(e)
+        assert not (tmp_path / "s").exists()
+        return
+    assert (tmp_path / "s" / "samples.csv").is_file()  # what the graph and the rest of the metadata still agree on
+    shutil.rmtree(tmp_path / "s")

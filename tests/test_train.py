@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import onnx
 import pytest
-from helpers import ROOT, assert_usage_error, run_cli
+from helpers import ROOT, assert_usage_error, decode, run_cli
 
 import toolkit.data
 import toolkit.files
@@ -30,7 +30,7 @@ from toolkit.model import KerasStep, build_model
 from toolkit.rundir import MARKER
 from toolkit.sampling.batch import sample_batch
 from toolkit.sampling.config import SampleConfig
-from toolkit.sampling.reference import generate
+from toolkit.sampling.numpy_loop import generate
 from toolkit.sampling.runtime import OnnxStep
 from toolkit.train import Interrupted, read_history, train
 from toolkit.vocab import BREAK, EOS, Vocab
@@ -200,7 +200,7 @@ def test_every_architecture_trains_exports_and_samples_on_onnx(titles_csv, tmp_p
     keras_step = KerasStep(keras.saving.load_model(tmp_path / "run" / "best.keras", compile=False))
     onnx_step = OnnxStep(result.path, device="cpu")
     assert onnx_step.spec.cell == cell and onnx_step.spec.layers == layers
-    greedy = [vocab.decode(generate(step, SampleConfig((0.0,), n=1, max_len=40), np.arange(1), [[]]).ids[0])
+    greedy = [decode(vocab, generate(step, SampleConfig((0.0,), n=1, max_len=40), np.arange(1), [[]]).ids[0])
               for step in (keras_step, onnx_step)]
     assert greedy[0] == greedy[1] == rows[0]["text"]
 

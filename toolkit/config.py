@@ -10,7 +10,7 @@ from pathlib import Path
 
 from toolkit.data import FIELDS
 from toolkit.files import UsageError, write_text
-from toolkit.rundir import check_out
+from toolkit.rundir import CONFIG, check_out
 
 CELLS = ("lstm", "gru")
 # Inclusive bounds of the integer options, generous for any GPU: an 8,192-unit LSTM layer is already 1 GiB of
@@ -87,12 +87,12 @@ def save_run_config(path: Path, config: TrainConfig, **extra: object) -> None:
 
 def load_run_config(run_dir: Path) -> tuple[TrainConfig, dict]:
     """Read a run's config.json; a missing or broken one is a usage error naming the directory."""
-    path = Path(run_dir) / "config.json"
+    path = Path(run_dir) / CONFIG
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return TrainConfig.from_dict(data["config"]), data
     except FileNotFoundError:
-        raise UsageError(f"{run_dir} is not a training run (no config.json); pass a directory made by "
+        raise UsageError(f"{run_dir} is not a training run (no {CONFIG}); pass a directory made by "
                          "`cli.py train`") from None
     except (json.JSONDecodeError, KeyError, TypeError, UsageError) as e:  # UsageError: a setting out of range
         raise UsageError(f"{path} is corrupt ({e}); retrain or restore the run") from None

@@ -24,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 from keras.src import backend as keras_backend  # noqa: E402  (Keras' cuDNN path, kept for GPUs)
 
 from toolkit.config import TrainConfig  # noqa: E402
+from toolkit.sampling.tensors import select_rows  # noqa: E402
 from toolkit.vocab import PAD  # noqa: E402
 
 LSTM_ORDER = (0, 1, 3, 2)  # Keras' gates i, f, c, o as i, f, o, c: the three sigmoid gates first
@@ -344,9 +345,7 @@ class KerasStep:
         logits, state = self._step(tf.constant(tokens, tf.int32), tuple(tf.constant(s) for s in state))
         return logits.numpy(), tuple(s.numpy() for s in state)
 
-    @staticmethod
-    def select(state: tuple[np.ndarray, ...], rows: np.ndarray) -> tuple[np.ndarray, ...]:
-        return tuple(s[:, rows] for s in state)
+    select = staticmethod(select_rows)
 
 
 def load_checkpoint(path: str | os.PathLike, checkpoint: str = "best", compile: bool = False) -> keras.Model:

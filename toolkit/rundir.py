@@ -82,7 +82,7 @@ def check_out(out: Path, *, resume: bool, overwrite: bool) -> Path:
         if _marker(out).get("format") != FORMAT:
             raise UsageError(f"{out} was made by another version of charlm (run format "
                              f"{_marker(out).get('format')!r}, this one reads {FORMAT}); start a new run")
-        if not (out / "last.keras").is_file():
+        if not (out / CHECKPOINTS["last"]).is_file():
             raise UsageError(f"{out} has no checkpoint to resume; run without {{resume}} to start a new run", "resume")
         _writable(out, "the run")
         _not_in_use(out)
@@ -104,7 +104,7 @@ def check_out(out: Path, *, resume: bool, overwrite: bool) -> Path:
                 raise UsageError(f"{out} already holds a run; pass {{resume}} to continue it or {{overwrite}} "
                                  "to replace it", "resume", "overwrite")
             _not_in_use(out)
-        _writable(out, "--out")
+        _writable(out, "{out}")
     ancestor = out.parent
     while not ancestor.exists():
         ancestor = ancestor.parent

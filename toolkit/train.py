@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
-import lzma
 import math
 import shutil
 import sys
@@ -17,16 +15,30 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from toolkit import titles
 from toolkit.config import TrainConfig, check_resume, load_run_config, save_run_config
 from toolkit.data import Corpus, load_corpus
 from toolkit.dataset import make_dataset
-from toolkit.files import UsageError, atomic_path, unlock
+from toolkit.files import UsageError, unlock
 from toolkit.model import KerasStep, build_model, lr_schedule
-from toolkit.rundir import PENDING, check_out, clear_strays, commit, lock_run, new_run_dir, swap_into_place
+from toolkit.rundir import (
+    CHECKPOINTS,
+    CONFIG,
+    HISTORY,
+    PENDING,
+    VOCAB,
+    check_out,
+    clear_strays,
+    commit,
+    lock_run,
+    new_run_dir,
+    swap_into_place,
+)
 from toolkit.sampling.config import SampleConfig
-from toolkit.sampling.reference import generate
+from toolkit.sampling.numpy_loop import generate
 from toolkit.vocab import BREAK, Vocab
 
+BEST, LAST = CHECKPOINTS["best"], CHECKPOINTS["last"]
 HISTORY_COLUMNS = ("epoch", "loss", "bpc", "val_loss", "val_bpc", "lr", "seconds", "chars_per_second")
 EPOCH_SAMPLE_TEMPS = (0.3, 1.0, 1.8)
 
@@ -45,7 +57,7 @@ def predicted_characters(texts: list[str]) -> int:
 
 
 def read_history(out: Path) -> list[dict[str, float]]:
-    path = out / "history.csv"
+    path = out / HISTORY
     if not path.is_file():
         return []
     with open(path, newline="") as f:
@@ -87,14 +99,14 @@ class RunCheckpoint(keras.callbacks.Callback):
                "chars_per_second": round(self.chars / seconds)}
         if not all(map(math.isfinite, row.values())) or not all(np.isfinite(w).all() for w in self.model.get_weights()):
             raise self._diverged()
-        files = {"last.keras": PENDING + "last.keras", "history.csv": PENDING + "history.csv"}
+        files = {LAST: PENDING + LAST, HISTORY: PENDING + HISTORY}
         if row["val_bpc"] < self.best:
-            files["best.keras"] = PENDING + "best.keras"
+            files[BEST] = PENDING + BEST
         try:
-            self.model.save(self.run / files["last.keras"])
-            if "best.keras" in files:
-                shutil.copyfile(self.run / files["last.keras"], self.run / files["best.keras"])
-            _write_history(self.run / files["history.csv"], [*self.history, row])
+            self.model.save(self.run / files[LAST])
+            if BEST in files:
+                shutil.copyfile(self.run / files[LAST], self.run / files[BEST])
+            _write_history(self.run / files[HISTORY], [*self.history, row])
             commit(self.run, files)
             if self.run != self.out:
                 swap_into_place(self.run, self.out, self.overwrite)
@@ -144,9 +156,7 @@ class Interrupted(KeyboardInterrupt):
 
 def write_reference(run: Path, corpus: Corpus) -> None:
     """reference.json.xz: the titles novelty is measured against and the held-out titles, whatever the field."""
-    text = json.dumps({"train_titles": corpus.train_titles, "val_titles": corpus.val_titles}, ensure_ascii=False)
-    with atomic_path(run / "reference.json.xz") as tmp:
-        tmp.write_bytes(lzma.compress(text.encode("utf-8")))
+    titles.write(run / titles.FILE, titles.Titles(corpus.train_titles, corpus.val_titles))
 
 
 def _load_run(out: Path, facts: dict, corpus: Corpus) -> tuple[Vocab, keras.Model]:
@@ -154,7 +164,7 @@ def _load_run(out: Path, facts: dict, corpus: Corpus) -> tuple[Vocab, keras.Mode
         raise UsageError(f"the training texts differ from those {out} was trained on; resume with the same "
                          "data, or start a new run with {overwrite}", "overwrite")
     try:
-        return Vocab.load(out / "vocab.json"), keras.saving.load_model(out / "last.keras")
+        return Vocab.load(out / VOCAB), keras.saving.load_model(out / LAST)
     except Exception as e:  # missing, truncated or foreign files: Keras and json raise many types
         raise UsageError(f"cannot load the run in {out} ({str(e).splitlines()[0][:160]}); it is incomplete or "
                          "corrupt: start a new run with {overwrite}", "overwrite") from None
@@ -162,14 +172,10 @@ def _load_run(out: Path, facts: dict, corpus: Corpus) -> tuple[Vocab, keras.Mode
 
 def _start_run(run: Path, config: TrainConfig, vocab: Vocab, corpus: Corpus) -> None:
     """What a new run holds before its first epoch (its marker is already there)."""
-    try:
-        vocab.save(run / "vocab.json")
-        save_run_config(run / "config.json", config, vocab_size=vocab.size, data_fingerprint=fingerprint(corpus.train),
-                        train_texts=len(corpus.train), val_texts=len(corpus.val))
-        write_reference(run, corpus)
-    except OSError as e:  # a full disk, say: atomic_path has removed what it began
-        raise UsageError(f"cannot write {e.filename or run}: {e.strerror}; free some space or choose another "
-                         "{out}", "out") from None
+    vocab.save(run / VOCAB)  # each write is whole or a one-line UsageError (files.atomic_path)
+    save_run_config(run / CONFIG, config, vocab_size=vocab.size, data_fingerprint=fingerprint(corpus.train),
+                    train_texts=len(corpus.train), val_texts=len(corpus.val))
+    write_reference(run, corpus)
 
 
 def train(config: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
@@ -204,7 +210,7 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, overwrite: bo
                     "--epochs to go on")
                 return history
             if config.epochs != saved.epochs:  # the new total is the truth from now on
-                save_run_config(out / "config.json", config, **{k: v for k, v in facts.items() if k != "config"})
+                save_run_config(out / CONFIG, config, **{k: v for k, v in facts.items() if k != "config"})
         else:
             vocab, model = built, None
             _start_run(run, config, vocab, corpus)

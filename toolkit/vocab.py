@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -69,12 +69,6 @@ class Vocab:
                              f"texts (at most {MAX_UNKNOWN:.0%} may): each would be <unk> and the validation figure "
                              "would mean little; pass {val_data} in the training texts' alphabet", "val_data")
 
-    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        """Ids to text, stopping at the first <eos> and dropping the other reserved ids."""
-        ids = np.asarray(ids, dtype=np.int64)
-        end = np.flatnonzero(ids == EOS)
-        return "".join(self.table[ids[: end[0] if end.size else None]])
-
     def decode_rows(self, ids: np.ndarray) -> np.ndarray:
         """Decode a [rows, steps] id matrix at once (rows must hold nothing but padding after <eos>)."""
         chars = self.table[ids]  # reserved ids are '', which numpy stores as NUL and strips at the end
@@ -114,9 +108,14 @@ class Vocab:
     @classmethod
     def from_json(cls, text: str) -> Vocab:
         data = json.loads(text)
-        if data.get("specials") != dict(zip(SPECIALS, range(len(SPECIALS)), strict=True)):
+        if not isinstance(data, dict) or data.get("specials") != dict(zip(SPECIALS, range(len(SPECIALS)),
+                                                                          strict=True)):
             raise ValueError("reserved ids differ from this toolkit's (<pad>=0, <bos>=1, <eos>=2, <unk>=3)")
-        return cls(tuple(data["chars"]))
+        chars = data.get("chars")
+        if not isinstance(chars, list) or not all(isinstance(c, str) and len(c) == 1 for c in chars) or len(
+                set(chars)) < len(chars):
+            raise ValueError("chars must be a list of distinct single characters")
+        return cls(tuple(chars))
 
     def save(self, path: Path) -> None:
         write_text(path, self.to_json())

@@ -1,5 +1,6 @@
 """Everything a sampling run needs, in one frozen dataclass: `sample_batch`, `generate`, `pipeline` and run.json
-all take or record this one object, so a new control touches its processor, its test and one CLI option."""
+all take or record this one object. A new control touches its processor (with its entry in processors.CHAIN), its
+test and one CLI option: nothing here."""
 
 from __future__ import annotations
 
@@ -10,17 +11,7 @@ import numpy as np
 
 from toolkit.files import UsageError
 from toolkit.sampling.draw import MAX_ROWS, MAX_STEPS
-from toolkit.sampling.processors import (
-    MIN_TEMPERATURE,
-    InvalidParameter,
-    MinP,
-    Processor,
-    RepetitionPenalty,
-    Temperature,
-    TopK,
-    TopP,
-    describe,
-)
+from toolkit.sampling.processors import MIN_TEMPERATURE, InvalidParameter, Processor, Temperature, describe, from_knobs
 from toolkit.vocab import Vocab
 
 MAX_TEMPERATURES = 1000
@@ -63,10 +54,6 @@ class SampleConfig:
     def rows(self) -> int:
         return self.n * len(self.temperatures)
 
-    @property
-    def uses_counts(self) -> bool:
-        return any(p.uses_counts for p in self.processors)
-
     def row_temperatures(self, rows: np.ndarray) -> np.ndarray:
         return np.asarray(self.temperatures, np.float64)[rows // self.n]
 
@@ -84,21 +71,11 @@ class SampleConfig:
 
 
 def sampling_config(temperatures: tuple[float, ...] | list[float], n: int = 1000, prompts: tuple[str, ...] = (),
-                    max_len: int = 128, seed: int = 0, *, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
-                    presence_penalty: float = 0.0, frequency_penalty: float = 0.0) -> SampleConfig:
-    """The config a command line describes, where 0 (1 for top_p) turns a control off; processors in Hugging Face's
-    order: the penalties, the temperature, then the filters."""
-    processors: list[Processor] = []
-    if presence_penalty or frequency_penalty:
-        processors.append(RepetitionPenalty(presence_penalty, frequency_penalty))
-    processors.append(Temperature())
-    if top_k != 0:
-        processors.append(TopK(top_k))
-    if top_p != 1:
-        processors.append(TopP(top_p))
-    if min_p != 0:
-        processors.append(MinP(min_p))
-    return SampleConfig(tuple(temperatures), n, tuple(prompts) or ("",), max_len, seed, tuple(processors))
+                    max_len: int = 128, seed: int = 0, **knobs: float) -> SampleConfig:
+    """The config a command line describes: `knobs` as processors.KNOBS names them (top_k, top_p, min_p,
+    presence_penalty, frequency_penalty, ...), each at its "off" value (0; 1 for top_p) leaving its control out;
+    processors in processors.CHAIN's order."""
+    return SampleConfig(tuple(temperatures), n, tuple(prompts) or ("",), max_len, seed, from_knobs(**knobs))
 
 
 def parse_temperatures(text: str) -> tuple[float, ...]:

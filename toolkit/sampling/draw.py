@@ -10,13 +10,12 @@ seed, so a row's draws depend on (seed, row, step) alone: not on the batch, the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
+import onnx
+from onnx import TensorProto, helper
 
-if TYPE_CHECKING:
-    from toolkit.sampling.graph import Graph
-
+from toolkit.sampling.graph import Graph, make_model
+from toolkit.sampling.tensors import COUNTER, UNIFORM
 
 STEP_BITS = 24  # a row's counter space: at most 2^24 - 1 steps
 MAX_STEPS = 2**STEP_BITS - 1
@@ -61,6 +60,20 @@ def uniforms_onnx(g: Graph, key: np.uint64, counter: str, step: str) -> str:
     return g.op("Mul", g.op("Add", g.op("Cast", bits, to=1), g.const("half_bit", 0.5)), g.const("bit", 2.0**-23))
 
 
+def uniform_graph(seed: int, history: int, opset: int = 17) -> onnx.ModelProto:
+    """counter [rows] uint64 and the block's first step [] int64 -> uniform [history, rows]: each row's uniforms
+    for the block's steps, a function of (seed, row, step) as `uniforms` makes them."""
+    key, g = squares_key(seed), Graph(np.float32, opset)
+    steps = g.op("Unsqueeze", g.op("Add", "first_step", g.const("offsets", np.arange(history), np.int64)),
+                 g.const("axis1", [1], np.int64))
+    g.op("Identity", uniforms_onnx(g, key, COUNTER, steps), name=UNIFORM)
+    graph = helper.make_graph(g.nodes, "uniforms", [
+        helper.make_tensor_value_info(COUNTER, TensorProto.UINT64, ["batch"]),
+        helper.make_tensor_value_info("first_step", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info(UNIFORM, TensorProto.FLOAT, [history, "batch"])], g.initializers)
+    return make_model(graph, opset)
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -80,11 +93,15 @@ def draw_onnx(g: Graph, x: str, u: str) -> str:
     return g.op("Cast", g.reduce("ReduceSum", g.op("Cast", below, to=1), 1, keepdims=False), to=7)
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Natural-log probabilities of each row, in the logits' own dtype."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
 def log_prob(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """The model's own log-probability of each row's id (raw logits: no temperature, no processor)."""
-    top = logits.max(axis=1, keepdims=True)
-    log_softmax = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
-    return np.take_along_axis(log_softmax, ids[:, None], axis=1)[:, 0]
+    return np.take_along_axis(log_softmax(logits), ids[:, None], axis=1)[:, 0]
 
 
 def log_prob_onnx(g: Graph, logits: str, ids: str) -> str:

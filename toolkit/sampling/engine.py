@@ -21,31 +21,31 @@ from onnx import helper
 from toolkit.files import UsageError
 from toolkit.sampling import contract
 from toolkit.sampling.config import SampleConfig
-from toolkit.sampling.draw import counters
+from toolkit.sampling.draw import counters, uniform_graph
 from toolkit.sampling.graph import make_model
-from toolkit.sampling.head import (
+from toolkit.sampling.head import compose
+from toolkit.sampling.processors import inverse_temperature
+from toolkit.sampling.runtime import CUDA, OnnxStep, run_failed, runtime_errors, session
+from toolkit.sampling.tensors import (
     COUNTER,
     DONE,
     FORCED,
     HISTORY,
     INVERSE,
     LOGPROB,
+    SHRINK,
     TEMPERATURE,
     UNIFORM,
+    Batch,
     Tensor,
-    carried,
-    compose,
-    constants,
+    forced_ids,
     history_dtype,
-    uniform_graph,
+    layout,
 )
-from toolkit.sampling.processors import inverse_temperature
-from toolkit.sampling.reference import Batch, forced_ids
-from toolkit.sampling.runtime import CUDA, OnnxStep, run_failed, runtime_errors, session
 from toolkit.vocab import BOS, EOS, PAD
 
 SYNC_EVERY = {"cpu": 8, "cuda": 8}  # steps between reads of the history: see docs/benchmarks.md
-SHRINK = {"cpu": 7 / 8, "cuda": 7 / 8}  # each buffer size of the ladder, relative to the one before
+SHRINKS = {"cpu": SHRINK, "cuda": SHRINK}  # each buffer size of the ladder, relative to the one before
 FLOOR = {"cpu": 1, "cuda": 2048}  # no smaller buffers: below this a GPU step costs the same whatever the rows
 
 
@@ -100,14 +100,15 @@ class Engine:
         self.prompt_ids = config.prompt_ids(self.spec.vocab)
         self.device = "cuda" if step.provider == CUDA else "cpu"  # the provider that really started
         self.sync_every = SYNC_EVERY[self.device] if sync_every is None else sync_every  # 0 is refused, not a default
-        self.shrink = SHRINK[self.device] if shrink is None else shrink
+        self.shrink = SHRINKS[self.device] if shrink is None else shrink
         if self.sync_every < 1 or not 0 < self.shrink < 1:
             raise UsageError(f"sync_every must be positive and shrink in (0, 1), not {self.sync_every}, {self.shrink}")
         self.cuda_graph = self.device == "cuda" if cuda_graph is None else cuda_graph and self.device == "cuda"
-        self.carried, self.constants = carried(self.spec, config), constants(config)
+        self.carried, self.constants = layout(self.spec, config.temperatures, config.prompts, config.processors)
         self.cuda_graph_error: str | None = None
         self.graph, self.tf32, self.profile, self.threads = \
-            compose(self.model.proto, self.spec, config, self.sync_every), step.tf32, profile, threads
+            compose(self.model.proto, self.spec, config, self.sync_every, self.carried, self.constants), step.tf32, \
+            profile, threads
         self._buffers: dict[int, _Buffers] = {}
         try:
             self.session = session(self.graph, self.device, tf32=self.tf32, cuda_graph=self.cuda_graph,
@@ -120,7 +121,7 @@ class Engine:
         helpers = dict(device=self.device, threads=threads)
         self.selector = session(_select_graph(self.spec, [t for t in [*self.carried, *self.constants]
                                                           if t.name not in (HISTORY, UNIFORM)]), **helpers)
-        self.uniformer = session(uniform_graph(config, self.sync_every), **helpers)
+        self.uniformer = session(uniform_graph(config.seed, self.sync_every), **helpers)
         self.starter = session(_start_graph([t for t in self.carried if t.name != HISTORY]), **helpers)
 
     def _without_cuda_graph(self, error: Exception) -> None:
@@ -178,7 +179,7 @@ class Engine:
             block, done, total = now[HISTORY].numpy()[-k:], now[DONE].numpy()[live], now[LOGPROB].numpy()[live]
             if not np.isfinite(total).all():
                 raise UsageError(f"{self.model.path} gives non-finite logits (NaN or infinity); the model is "
-                                 "broken: retrain it (with a lower --lr) and export it again")
+                                 "broken: retrain it (`cli.py train` with a lower --lr) and export it again")
             out.logprob[slot[live]] = total
             pending = functools.partial(out.store, block[:, live], slot[live], done, t - k)
             live[live] = ~done
@@ -234,7 +235,7 @@ class Engine:
         self.starter.run_with_iobinding(binding)
         temperature = self.config.row_temperatures(rows).astype(np.float32)
         values = {INVERSE: inverse_temperature(temperature), TEMPERATURE: temperature, COUNTER: counters(rows),
-                  FORCED: forced_ids(self.config, self.prompt_ids, rows)}
+                  FORCED: forced_ids(self.prompt_ids, self.config.row_prompts(rows))}
         for name, value in values.items():
             if name in buf.consts:
                 buf.consts[name].update_inplace(np.ascontiguousarray(value))

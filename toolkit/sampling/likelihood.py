@@ -11,15 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from toolkit.sampling.reference import Step
+from toolkit.sampling.draw import log_prob
+from toolkit.sampling.tensors import SHRINK, Step
 from toolkit.vocab import BOS, EOS, Vocab
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Natural-log probabilities of each row, in float64 (a title's sum over ~50 steps keeps its digits)."""
-    logits = np.asarray(logits, np.float64)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
 def log_likelihood(step: Step, vocab: Vocab, texts: Sequence[str], finished: Sequence[bool] | None = None, *,
@@ -56,10 +50,10 @@ def _chunk(step: Step, ids: list[list[int]], targets: np.ndarray) -> np.ndarray:
     state = step.initial_state(active.size)
     for t in range(width):  # the longest text is read to its end: some row is active at every step
         logits, state = step(inputs[active, t], state)
-        scored = np.take_along_axis(log_softmax(logits), target[active, t, None], axis=1)[:, 0]
+        scored = log_prob(np.asarray(logits, np.float64), target[active, t])  # float64: a title's sum keeps its digits
         total[active] += np.where(targets[active] > t, scored, 0.0)  # rows past their end wait to be dropped
         going = targets[active] > t + 1
-        if going.sum() <= 0.875 * going.size:  # as in sampling: drop ended rows once an eighth has ended
+        if going.sum() <= SHRINK * going.size:  # as in sampling: drop ended rows once an eighth has ended
             active, state = active[going], step.select(state, np.flatnonzero(going))
     return total
 

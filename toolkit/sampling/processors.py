@@ -1,10 +1,16 @@
-"""Logits processors: small frozen dataclasses, each with a numpy reference and the ONNX nodes that do the same.
+"""Logits processors: small frozen dataclasses, each with a numpy reference and the ONNX nodes that do the same,
+the one chain they run in, and the table from a command line's knobs to them.
 
-As in Hugging Face `generate`, each maps a `[rows, vocab]` float32 logits array to another, and a sampler chains
-them in the config's order before the draw. `numpy` is the reference; `onnx` adds the same operations, in the same
-order, to the sampling head, so the two agree to the last bit wherever the runtime rounds as numpy does. Removed
-ids become -inf. Each processor checks its own parameters and raises `InvalidParameter` in its own terms; the CLI
-names its flag instead.
+As in Hugging Face `generate`, each maps a `[rows, vocab]` float32 logits array to another (`numpy`, `onnx`: its
+apply), and a sampler chains them in the config's order before the draw. `numpy` is the reference; `onnx` adds the
+same operations, in the same order, to the sampling head, so the two agree to the last bit wherever the runtime
+rounds as numpy does. Removed ids become -inf. Each processor checks its own parameters and raises
+`InvalidParameter` in its own terms; the CLI names its flag instead.
+
+A processor that needs memory of the row (as llama.cpp's samplers keep theirs, and vLLM v1's logits processors
+update theirs) declares it as `state`: a per-row tensor with its shape, dtype and starting value of 0, which the
+loops carry from step to step (and through the engine's dropping of finished rows) without knowing what it is. It
+reads it in `rows.state[name]` and updates it from each step's drawn ids in `accept` (numpy) and `accept_onnx`.
 
 Per-row values: only the temperature, because a report compares groups by temperature and a sweep of them runs
 as one batch. The other parameters hold for the whole run and fold into the graph as constants.
@@ -42,9 +48,22 @@ class Rows:
     """What a processor may read per row besides the logits: arrays for numpy, tensor names for ONNX."""
 
     temperature: Any  # [rows] float32; 0 = greedy
-    counts: Any = None  # [rows, vocab] float32: how often each id was drawn so far (only when a processor needs it)
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)  # each stateful processor's state, by its name
     greedy: bool = True  # some row may have temperature 0 (False lets a graph leave out the greedy rows' nodes)
     inverse: Any = None  # ONNX only: [rows, 1] float32, inverse_temperature() of each row, computed once a chunk
+
+
+@dataclass(frozen=True)
+class State:
+    """A processor's memory of each row: a tensor [rows, *dims] (a dim named "vocab" is the vocabulary's size),
+    all zeros when a row starts."""
+
+    name: str
+    dims: tuple[str | int, ...]
+    dtype: type = np.float32
+
+    def shape(self, rows: int | str, vocab: int) -> tuple:
+        return (rows, *(vocab if d == "vocab" else d for d in self.dims))
 
 
 def inverse_temperature(temperature: np.ndarray) -> np.ndarray:
@@ -54,10 +73,27 @@ def inverse_temperature(temperature: np.ndarray) -> np.ndarray:
 
 
 class Processor(Protocol):
-    uses_counts: ClassVar[bool]
+    """apply (`numpy`, `onnx`); with a `state`, also accept (`accept`, `accept_onnx`): the state after a step that
+    drew `ids`, where only the rows in `drew` drew (the others were given their prompt's next id)."""
+
+    state: ClassVar[State | None]
 
     def numpy(self, x: np.ndarray, rows: Rows) -> np.ndarray: ...
     def onnx(self, g: Graph, x: str, rows: Rows) -> str: ...
+    def accept(self, state: np.ndarray, ids: np.ndarray, drew: np.ndarray) -> np.ndarray: ...
+    def accept_onnx(self, g: Graph, state: str, ids: str, drew: str | None) -> str: ...
+
+
+class Stateless:
+    """What a processor without memory does on accept: nothing."""
+
+    state: ClassVar[State | None] = None
+
+    def accept(self, state: np.ndarray, ids: np.ndarray, drew: np.ndarray) -> np.ndarray:
+        return state
+
+    def accept_onnx(self, g: Graph, state: str, ids: str, drew: str | None) -> str:
+        return state
 
 
 def describe(processor: Processor) -> dict:
@@ -78,11 +114,10 @@ def _share(name: str, p: float) -> None:
 
 
 @dataclass(frozen=True)
-class Ban:
-    """Ids that must never be drawn (padding, <bos>, <unk>: they have no character). Always first in a head."""
+class Ban(Stateless):
+    """Ids that must never be drawn (padding, <bos>, <unk>: they have no character). Always first in a chain."""
 
     ids: tuple[int, ...] = (PAD, BOS, UNK)
-    uses_counts: ClassVar[bool] = False
 
     def mask(self, vocab: int) -> np.ndarray:
         mask = np.zeros(vocab, np.float32)
@@ -100,32 +135,48 @@ class Ban:
 class RepetitionPenalty:
     """OpenAI's presence and frequency penalties over the characters the row has drawn so far (its prompt is
     not counted): subtract `presence` once from each id drawn before, and `frequency` per time it was drawn.
-    Negative values encourage repetition."""
+    Negative values encourage repetition. Its state: how often the row has drawn each id."""
 
     presence: float = 0.0
     frequency: float = 0.0
-    uses_counts: ClassVar[bool] = True
+    state: ClassVar[State] = State("counts", ("vocab",))
+    knobs: ClassVar[dict[str, tuple[str, float]]] = {"presence_penalty": ("presence", 0.0),
+                                                     "frequency_penalty": ("frequency", 0.0)}
 
     def __post_init__(self) -> None:
         for name in ("presence", "frequency"):
             _number(f"{name}_penalty", getattr(self, name), -2, 2, "must lie in [-2, 2]")
 
     def numpy(self, x: np.ndarray, rows: Rows) -> np.ndarray:
-        seen = (rows.counts > 0).astype(np.float32)
-        return x - (seen * np.float32(self.presence) + rows.counts * np.float32(self.frequency))
+        counts = rows.state[self.state.name]
+        seen = (counts > 0).astype(np.float32)
+        return x - (seen * np.float32(self.presence) + counts * np.float32(self.frequency))
 
     def onnx(self, g: Graph, x: str, rows: Rows) -> str:
-        seen = g.op("Cast", g.op("Greater", rows.counts, g.const("zero_count", 0.0)), to=1)
+        counts = rows.state[self.state.name]
+        seen = g.op("Cast", g.op("Greater", counts, g.const("zero_count", 0.0)), to=1)
         penalty = g.op("Add", g.op("Mul", seen, g.const("presence", self.presence)),
-                       g.op("Mul", rows.counts, g.const("frequency", self.frequency)))
+                       g.op("Mul", counts, g.const("frequency", self.frequency)))
         return g.op("Sub", x, penalty)
+
+    def accept(self, state: np.ndarray, ids: np.ndarray, drew: np.ndarray) -> np.ndarray:
+        state = state.copy()
+        state[np.flatnonzero(drew), ids[drew]] += 1
+        return state
+
+    def accept_onnx(self, g: Graph, state: str, ids: str, drew: str | None) -> str:
+        one_hot = g.op("Cast", g.op("Equal", g.op("Unsqueeze", ids, g.const("count_axis", [1], np.int64)),
+                                    g.const("ids", np.arange(g.vocab), np.int64)), to=1)
+        if drew is not None:
+            one_hot = g.op("Mul", one_hot, g.op("Unsqueeze", g.op("Cast", drew, to=1),
+                                                 g.const("count_axis_", [1], np.int64)))
+        return g.op("Add", state, one_hot)
 
 
 @dataclass(frozen=True)
-class Temperature:
+class Temperature(Stateless):
     """Divide each row by its own temperature; a row at temperature 0 keeps only its largest logits (greedy)."""
 
-    uses_counts: ClassVar[bool] = False
 
     def numpy(self, x: np.ndarray, rows: Rows) -> np.ndarray:
         scaled = x * inverse_temperature(rows.temperature)
@@ -143,11 +194,11 @@ class Temperature:
 
 
 @dataclass(frozen=True)
-class TopK:
+class TopK(Stateless):
     """Keep the k largest logits of each row (ties with the k-th included)."""
 
     k: int
-    uses_counts: ClassVar[bool] = False
+    knobs: ClassVar[dict[str, tuple[str, float]]] = {"top_k": ("k", 0)}
 
     def __post_init__(self) -> None:
         _number("top_k", self.k, 1, 2**31 - 1, "must be a positive integer")
@@ -170,11 +221,11 @@ class TopK:
 
 
 @dataclass(frozen=True)
-class TopP:
+class TopP(Stateless):
     """Nucleus filter: keep the likeliest ids until their probability reaches p (ties with the last one kept)."""
 
     p: float
-    uses_counts: ClassVar[bool] = False
+    knobs: ClassVar[dict[str, tuple[str, float]]] = {"top_p": ("p", 1.0)}
 
     def __post_init__(self) -> None:
         _share("top_p", self.p)
@@ -201,11 +252,11 @@ class TopP:
 
 
 @dataclass(frozen=True)
-class MinP:
+class MinP(Stateless):
     """Keep the ids whose probability is at least `p` times the row's largest (Nguyen et al. 2024)."""
 
     p: float
-    uses_counts: ClassVar[bool] = False
+    knobs: ClassVar[dict[str, tuple[str, float]]] = {"min_p": ("p", 0.0)}
 
     def __post_init__(self) -> None:
         _share("min_p", self.p)
@@ -216,3 +267,59 @@ class MinP:
     def onnx(self, g: Graph, x: str, rows: Rows) -> str:
         floor = g.op("Add", g.reduce("ReduceMax", x, 1), g.const("log_min_p", math.log(self.p)))
         return g.op("Where", g.op("GreaterOrEqual", x, floor), x, g.const("neg_inf_min_p", NEG_INF))
+
+
+# --- the chain ----------------------------------------------------------------------------------------------------
+
+# The controls a command line sets, in the order they apply (Hugging Face's: the penalties, the temperature, then
+# the filters). Each names its knobs: {knob: (its field, the value that turns it off)}; the temperature is always on.
+CHAIN: tuple[type, ...] = (RepetitionPenalty, Temperature, TopK, TopP, MinP)
+KNOBS = {knob: cls for cls in CHAIN for knob in getattr(cls, "knobs", {})}
+
+
+def from_knobs(**values: float) -> tuple[Processor, ...]:
+    """The processors that knobs describe, in CHAIN's order; a processor whose knobs are all off is left out."""
+    unknown = set(values) - set(KNOBS)
+    if unknown:
+        raise TypeError(f"unknown sampling knobs: {', '.join(sorted(unknown))}")
+    chain: list[Processor] = []
+    for cls in CHAIN:
+        knobs = getattr(cls, "knobs", {})
+        fields = {field: values.get(knob, off) for knob, (field, off) in knobs.items()}
+        if not knobs or any(values.get(knob, off) != off for knob, (_, off) in knobs.items()):
+            chain.append(cls(**fields))
+    return tuple(chain)
+
+
+def chain(processors: tuple[Processor, ...]) -> tuple[Processor, ...]:
+    """What runs on a step's logits: the reserved-id ban first, then the config's processors."""
+    return (Ban(), *processors)
+
+
+def states(processors: tuple[Processor, ...]) -> tuple[State, ...]:
+    return tuple(p.state for p in chain(processors) if p.state is not None)
+
+
+def apply(processors: tuple[Processor, ...], x: np.ndarray, rows: Rows) -> np.ndarray:
+    for p in chain(processors):
+        x = p.numpy(x, rows)
+    return x
+
+
+def apply_onnx(processors: tuple[Processor, ...], g: Graph, x: str, rows: Rows) -> str:
+    for p in chain(processors):
+        x = p.onnx(g, x, rows)
+    return x
+
+
+def accept(processors: tuple[Processor, ...], state: dict[str, np.ndarray], ids: np.ndarray,
+           drew: np.ndarray) -> dict[str, np.ndarray]:
+    """Each stateful processor's state after a step that drew `ids` (`drew`: the rows that drew)."""
+    return state | {p.state.name: p.accept(state[p.state.name], ids, drew) for p in chain(processors)
+                    if p.state is not None}
+
+
+def accept_onnx(processors: tuple[Processor, ...], g: Graph, ids: str, drew: str | None) -> dict[str, str]:
+    """{state name: the tensor holding it after the step}, each read from the tensor of its name."""
+    return {p.state.name: p.accept_onnx(g, p.state.name, ids, drew) for p in chain(processors)
+            if p.state is not None}

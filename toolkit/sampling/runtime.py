@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 from toolkit.files import UsageError
 from toolkit.sampling import contract
 from toolkit.sampling.graph import make_model
+from toolkit.sampling.tensors import select_rows
 
 DEVICES = ("auto", "cuda", "cpu")
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -156,6 +157,4 @@ class OnnxStep:
             raise run_failed(self.model.path, e) from None
         return logits, tuple(new)
 
-    @staticmethod
-    def select(state: tuple[np.ndarray, ...], rows: np.ndarray) -> tuple[np.ndarray, ...]:
-        return tuple(s[:, rows] for s in state)
+    select = staticmethod(select_rows)

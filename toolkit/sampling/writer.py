@@ -14,7 +14,7 @@ import numpy as np
 from toolkit.files import UsageError, atomic_path, write_failed
 from toolkit.sampledir import COLUMNS, FORMATS
 from toolkit.sampling.config import SampleConfig
-from toolkit.sampling.reference import Batch
+from toolkit.sampling.tensors import Batch
 from toolkit.vocab import Vocab
 
 
