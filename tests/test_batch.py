@@ -414,3 +414,32 @@ def test_run_json_says_charlm_made_the_directory_and_what_really_ran(model, tmp_
     assert info["toolkit"] == "charlm" and info["layout"] == 1
     assert info["tf32"] is False  # asked for, but TF32 exists only on CUDA
     assert info["titles"] is None  # the model carries no titles
+
+
+@pytest.mark.slow
+def test_a_sample_batch_killed_mid_run_leaves_nothing_that_lasts(model, tmp_path):
+    """SIGKILL while samples are written: the earlier directory is whole, and the next run clears what the killed
+    one left beside it (its staging directory and temporary samples file)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import ROOT
+
+    sample_batch(model, tmp_path / "s", SampleConfig((1.0,), n=3), device="cpu")
+    before = snapshot(tmp_path / "s")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "sample-batch", "--model", str(model), "--n",
+                             "2000000", "--out", str(tmp_path / "s"), "--no-report", "--device", "cpu"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".s.new-*/.samples.*.tmp.csv")) and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(tmp_path.glob(".s.new-*")), "the kill came too late to leave anything"
+    assert snapshot(tmp_path / "s") == before
+    sample_batch(model, tmp_path / "s", SampleConfig((1.0,), n=3), device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]

@@ -9,6 +9,7 @@ from toolkit.data import Row, in_validation, load_corpus, read_csv, read_rows, t
 from toolkit.files import UsageError
 from toolkit.vocab import BREAK
 
+VAL_DIGEST = "73e5b69d221e7608"  # the bundled split's held-out titles, as they were before labels were read
 COMPRESS = {"": lambda data: data, ".gz": gzip.compress, ".xz": lzma.compress}
 
 
@@ -20,13 +21,13 @@ def write(path, text):
 def test_csv_keeps_quoted_commas_doubled_quotes_and_escapes(tmp_path):
     path = write(tmp_path / "a.csv", '"1","Stocks, bonds rally","a ""quoted"" word"\n'
                                      '"2","Woods #39;s back \\ &lt;b&gt;","line\\two"\n')
-    assert read_csv(path) == [Row("Stocks, bonds rally", 'a "quoted" word'),
-                              Row("Woods #39;s back \\ &lt;b&gt;", "line\\two")]
+    assert read_csv(path) == [Row("Stocks, bonds rally", 'a "quoted" word', "World"),
+                              Row("Woods #39;s back \\ &lt;b&gt;", "line\\two", "Sports")]
 
 
 def test_csv_header_line_is_skipped(tmp_path):
     path = write(tmp_path / "a.csv", "Class Index,Title,Description\n3,Title one,Desc\n")
-    assert read_csv(path) == [Row("Title one", "Desc")]
+    assert read_csv(path) == [Row("Title one", "Desc", "Business")]
 
 
 def test_csv_row_with_wrong_column_count_names_its_line(tmp_path):
@@ -103,7 +104,7 @@ def test_a_full_size_train_split_reads_whole(tmp_path):
                    for i in range(120_000))
     read = read_csv(write(tmp_path / "train.csv.gz", rows))
     assert len(read) == 120_000
-    assert read[-1] == Row("Title number 119999, with a comma", "Description 119999 of the story.")
+    assert read[-1] == Row("Title number 119999, with a comma", "Description 119999 of the story.", "Sci/Tech")
 
 
 def damaged(tmp_path):
@@ -162,3 +163,39 @@ def test_the_real_tfds_builder_loads_without_downloading(tmp_path):
     builder = tfds.builder("ag_news_subset", data_dir=str(tmp_path))
     assert {"title", "description"} <= set(builder.info.features)
     assert builder.code_path.name.startswith("ag_news_subset")
+
+
+# --- labels are read, not dropped (issue: class-conditional titles) -------------------------------------------------
+
+def test_ag_news_class_ids_and_tfds_labels_name_the_same_classes():
+    """The CSV's class ids 1-4 and TFDS's label ids 0-3 (read offline from its builder) are World, Sports, Business,
+    Sci/Tech in that order: a swapped mapping fails here."""
+    from toolkit.data import AG_NEWS_CLASSES, tfds_label_names
+
+    assert AG_NEWS_CLASSES == ("World", "Sports", "Business", "Sci/Tech")
+    assert tfds_label_names("ag_news_subset") == list(AG_NEWS_CLASSES)
+    rows = read_csv(BUNDLED_AG_NEWS)
+    # the first rows of the test split, as ag_news_csv/test.csv labels them (3 = Business, 4 = Sci/Tech)
+    assert [r.label for r in rows[:3]] == ["Business", "Sci/Tech", "Sci/Tech"]
+    assert {r.label for r in rows} == set(AG_NEWS_CLASSES)
+
+
+def test_another_csvs_classes_are_read_as_they_are_and_a_txt_has_none(tmp_path):
+    path = write(tmp_path / "a.csv", "label,title,description\nsports,A match,\npolitics,A vote,\nsports,A race,\n")
+    corpus = load_corpus(str(path), val_source=str(write(tmp_path / "v.csv", "politics,Another vote,\n")))
+    assert corpus.classes == ("politics", "sports") and corpus.train_labels == [1, 0, 1]
+    assert corpus.val_labels == [0] and corpus.train_title_labels == [1, 0, 1]
+    assert load_corpus(str(write(tmp_path / "t.txt", "One\nTwo\nThree\n")), val_fraction=0.4).classes == ()
+    many = write(tmp_path / "m.csv", "".join(f'"id{i}","Title {i}",""\n' for i in range(100)))
+    assert load_corpus(str(many)).classes == ()  # 100 distinct values are not classes
+
+
+def test_the_validation_split_keeps_the_same_titles_with_labels(ag_news):
+    """Reading labels changes nothing of which titles are held out (pinned: the 737 of the bundled split)."""
+    corpus = load_corpus(str(ag_news), "both")
+    assert len(corpus.val_titles) == 737 and all(in_validation(t, 0.1) for t in corpus.val_titles)
+    digest = hashlib.sha256("\n".join(corpus.val_titles).encode()).hexdigest()[:16]
+    assert digest == VAL_DIGEST
+    assert len(corpus.val_labels) == len(corpus.val) and len(corpus.train_labels) == len(corpus.train)
+    titles = [t for t in corpus.train if not t.startswith(BREAK)]
+    assert len(titles) == len(corpus.train_titles)

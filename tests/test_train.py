@@ -486,7 +486,10 @@ def test_the_run_stores_its_training_and_held_out_titles(titles_csv, tmp_path):
     train(config, tmp_path / "run", verbose=0, log=lambda _: None)
     reference = json.loads(lzma.decompress((tmp_path / "run" / "reference.json.xz").read_bytes()).decode("utf-8"))
     corpus = load_corpus(str(titles_csv), "description")
-    assert reference == {"train_titles": corpus.train_titles, "val_titles": corpus.val_titles}
+    assert reference == {"train_titles": corpus.train_titles, "val_titles": corpus.val_titles,
+                         "classes": list(corpus.classes), "train_labels": corpus.train_title_labels,
+                         "val_labels": corpus.val_title_labels}
+    assert corpus.classes and len(reference["val_labels"]) == len(reference["val_titles"])  # each title's class
     held = [t for t in reference["val_titles"] if in_validation(t, 0.1)]
     assert held == reference["val_titles"] and len(held) > 5  # titles, although the model validated on descriptions
     assert not set(reference["val_titles"]) & set(reference["train_titles"])

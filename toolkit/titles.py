@@ -1,6 +1,7 @@
 """reference.json.xz: a run's training titles (what novelty is measured against) and its held-out titles (the
-report's reference row). `train` writes it into the run, `export-onnx` embeds its bytes in the model, `sample-batch`
-copies them beside the samples and `report` reads them: this module is the one writer and the one reader."""
+report's reference row), with each title's class where the data has labels. `train` writes it into the run,
+`export-onnx` embeds its bytes in the model, `sample-batch` copies them beside the samples and `report` reads them:
+this module is the one writer and the one reader."""
 
 from __future__ import annotations
 
@@ -14,16 +15,22 @@ from toolkit.files import UsageError, write_bytes
 
 FILE = "reference.json.xz"
 KEYS = ("train_titles", "val_titles")
+LABELS = ("classes", "train_labels", "val_labels")  # present where the titles have classes
 
 
 @dataclass(frozen=True)
 class Titles:
     train: list[str]  # the training titles
     val: list[str]  # the held-out titles
+    classes: tuple[str, ...] = ()  # the class names; () without labels
+    train_labels: list[int] | None = None  # each training title's index into classes
+    val_labels: list[int] | None = None  # each held-out title's (-1: a class training never saw)
 
     def to_bytes(self) -> bytes:
-        text = json.dumps({KEYS[0]: self.train, KEYS[1]: self.val}, ensure_ascii=False)
-        return lzma.compress(text.encode("utf-8"))
+        data = {KEYS[0]: self.train, KEYS[1]: self.val}
+        if self.classes:
+            data |= {LABELS[0]: list(self.classes), LABELS[1]: self.train_labels, LABELS[2]: self.val_labels}
+        return lzma.compress(json.dumps(data, ensure_ascii=False).encode("utf-8"))
 
 
 def digest(data: bytes) -> str:
@@ -49,7 +56,16 @@ def parse(data: bytes, where: str, fix: str) -> Titles:
                                        and all(isinstance(t, str) for t in found[k]))]
     if missing:
         raise UsageError(f"{where} damaged (no list of strings {' or '.join(missing)}: not a reference file); {fix}")
-    return Titles(found[KEYS[0]], found[KEYS[1]])
+    if LABELS[0] not in found:
+        return Titles(found[KEYS[0]], found[KEYS[1]])
+    classes, train, val = (found.get(k) for k in LABELS)
+    n = len(classes) if isinstance(classes, list) else 0
+    if not (n and all(isinstance(c, str) for c in classes) and all(
+            isinstance(labels, list) and len(labels) == len(found[key]) and all(
+                isinstance(i, int) and -1 <= i < n for i in labels) for labels, key in ((train, KEYS[0]),
+                                                                                        (val, KEYS[1])))):
+        raise UsageError(f"{where} damaged (its classes and labels do not match its titles); {fix}")
+    return Titles(found[KEYS[0]], found[KEYS[1]], tuple(classes), train, val)
 
 
 def read(path: Path, fix: str) -> Titles:

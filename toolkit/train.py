@@ -156,7 +156,8 @@ class Interrupted(KeyboardInterrupt):
 
 def write_reference(run: Path, corpus: Corpus) -> None:
     """reference.json.xz: the titles novelty is measured against and the held-out titles, whatever the field."""
-    titles.write(run / titles.FILE, titles.Titles(corpus.train_titles, corpus.val_titles))
+    titles.write(run / titles.FILE, titles.Titles(corpus.train_titles, corpus.val_titles, corpus.classes,
+                                                  corpus.train_title_labels, corpus.val_title_labels))
 
 
 def _load_run(out: Path, facts: dict, corpus: Corpus) -> tuple[Vocab, keras.Model]:
