@@ -84,6 +84,14 @@ def train(
     lr: Annotated[float | None, _opt("Peak Adam learning rate, in (0, 1]; a cosine takes it to a tenth.", D.lr,
                                      "RATE")] = None,
     seed: Annotated[int | None, _opt("Random seed, 0 to 2**32 - 1.", D.seed, "N")] = None,
+    condition: Annotated[str | None, _opt("class: learn each title's class from the data's labels, so that "
+                                          "`sample-batch --classes` can ask for one.", D.condition,
+                                          "none|class")] = None,
+    condition_via: Annotated[str | None, _opt("How the class reaches the model: added to every step's input (the "
+                                              "one export supports) or made its initial state.", D.condition_via,
+                                              "input|state")] = None,
+    label_dropout: Annotated[float | None, _opt("Share of training sequences shown \"no class\" (so the model also "
+                                                "samples without one), in [0, 1).", D.label_dropout, "RATE")] = None,
     resume: Annotated[bool, _flag("Continue the run in --out from its last completed epoch.")] = False,
     overwrite: Annotated[bool, _flag("Replace the run in --out once the new run has completed an "
                                                  "epoch (only a charlm run, and only one that holds nothing "
@@ -148,7 +156,7 @@ def export_onnx(
 def sample_batch(
     model: Annotated[Path, _opt("Exported .onnx file.", "runs/default/model.onnx", "FILE")] = Path(
         "runs/default/model.onnx"),
-    n: Annotated[int, _opt("Samples per temperature.", 1000, "N", "--n")] = 1000,
+    n: Annotated[int, _opt("Samples per temperature (and class).", 1000, "N", "--n")] = 1000,
     temps: Annotated[str, _opt("Temperatures: a comma-separated list, or start:stop:step for a sweep (0 is greedy: "
                                "the likeliest character, drawn among ties).", "0.3,1.0,1.8", "LIST")] = "0.3,1.0,1.8",
     out: Annotated[Path, _opt("Directory for the samples, run.json and the reports: new, empty, or an earlier "
@@ -169,6 +177,9 @@ def sample_batch(
                                             "drew, -2 to 2.", 0.0, "X")] = 0.0,
     frequency_penalty: Annotated[float, _opt("Subtract this times the number of times the sample drew a character, "
                                              "-2 to 2.", 0.0, "X")] = 0.0,
+    classes: Annotated[str | None, _opt("A class-conditional model's classes to sample, comma-separated, --n each "
+                                        "per temperature (any: no class).", "every class of a conditional model",
+                                        "LIST")] = None,
     seed: Annotated[int, _opt("Same seed, same samples, whatever --batch-size.", 0, "N")] = 0,
     device: Annotated[str, _opt("auto uses CUDA when it really works.", "auto", "auto|cuda|cpu")] = "auto",
     tf32: Annotated[bool, _flag("Allow TF32 matrix products on CUDA: faster, logits within ~1e-2 of CPU "
@@ -181,25 +192,26 @@ def sample_batch(
 ) -> None:
     """Sample N texts at each temperature, all in one batch, on onnxruntime; writes samples, run.json and reports."""
     from toolkit.data import check_source
-    from toolkit.sampling.config import parse_temperatures, sampling_config
+    from toolkit.sampling.config import parse_classes, parse_temperatures, sampling_config
 
-    config = sampling_config(parse_temperatures(temps), n, tuple(prompt or ()), max_len, seed, top_k=top_k,
+    config = sampling_config(parse_temperatures(temps), n, tuple(prompt or ()), max_len, seed,
+                             parse_classes(classes), top_k=top_k,
                              top_p=top_p, min_p=min_p, presence_penalty=presence_penalty,
                              frequency_penalty=frequency_penalty)
     if train_data is not None:
         check_source(train_data)  # before sampling, not after
     _sample(model, out, config, device=device, batch_size=batch_size, tf32=tf32, fmt=fmt,
-            report=_report_into(train_data) if report else None)
+            report=_report_into(out, train_data) if report else None)
 
 
-def _report_into(train_data: str | None, announce: str | None = None):
-    """The report of a new sample directory, written into it before it replaces --out."""
+def _report_into(out: Path, train_data: str | None, announce: str | None = None):
+    """The report of a new sample directory, written into it before it replaces `out` (and titled by `out`)."""
     def write(directory: Path) -> None:
         from eval.report import write_report
 
         if announce:
             typer.echo(announce)
-        write_report(directory, train_data)
+        write_report(directory, train_data, name=out.resolve().name)
 
     return write
 
@@ -207,7 +219,7 @@ def _report_into(train_data: str | None, announce: str | None = None):
 def _sample(model: Path, out: Path, config, report=None, **options) -> None:
     from toolkit.sampling.batch import sample_batch as run_batch
 
-    run = run_batch(model, out, config, progress=_progress_bar(config.rows), finish=report, **options)
+    run = run_batch(model, out, config, progress=_progress_bar(), finish=report, **options)
     typer.echo(f"{run.provider}: {run.rows:,} samples, {run.characters:,} characters in {run.seconds:.2f} s "
                f"({run.chars_per_second:,.0f} characters/s) -> {out / f'samples.{run.format}'}")
     if report:
@@ -251,7 +263,11 @@ def pipeline(
     layers: Annotated[int | None, _opt("Stacked recurrent layers.", D.layers, "N")] = None,
     units: Annotated[int | None, _opt("Units per recurrent layer.", D.units, "N")] = None,
     embedding_dim: Annotated[int | None, _opt("Embedding size; 0 for one-hot.", D.embedding_dim, "N")] = None,
-    n: Annotated[int, _opt("Samples per temperature.", 1000, "N", "--n")] = 1000,
+    condition: Annotated[str | None, _opt("class: learn each title's class, and sample each.", D.condition,
+                                          "none|class")] = None,
+    classes: Annotated[str | None, _opt("Classes to sample, as for `sample-batch --classes`.", "every class",
+                                        "LIST")] = None,
+    n: Annotated[int, _opt("Samples per temperature (and class).", 1000, "N", "--n")] = 1000,
     temps: Annotated[str, _opt("Temperatures, as for `sample-batch --temps`.", "0.3,1.0,1.8", "LIST")] = "0.3,1.0,1.8",
     seed: Annotated[int | None, _opt("Seed of training and sampling.", D.seed, "N")] = None,
     device: Annotated[str, _opt("Sampling device.", "auto", "auto|cuda|cpu")] = "auto",
@@ -263,13 +279,13 @@ def pipeline(
     """The main job in one go: train -> export-onnx -> sample-batch -> report. Every stage's settings, the device,
     both output folders and the data are checked before training starts."""
     from toolkit.pipeline import plan
-    from toolkit.sampling.config import parse_temperatures, sampling_config
+    from toolkit.sampling.config import parse_classes, parse_temperatures, sampling_config
 
     flags = dict(data=data, field=field, epochs=epochs, cell=cell, layers=layers, units=units,
-                 embedding_dim=embedding_dim, seed=seed)
-    sampling = dict(temperatures=parse_temperatures(temps), n=n, seed=seed or 0)
+                 embedding_dim=embedding_dim, seed=seed, condition=condition)
+    sampling = dict(temperatures=parse_temperatures(temps), n=n, seed=seed or 0, classes=parse_classes(classes))
     sampling_config(**sampling)  # bad sampling flags are refused before anything else
-    job = plan(name, flags, device=device, resume=resume, overwrite=overwrite)
+    job = plan(name, flags, device=device, resume=resume, overwrite=overwrite, classes=sampling["classes"])
     config = sampling_config(**(sampling | {"seed": job.config.seed if seed is None else seed}))
     if job.train:
         typer.echo(f"[1/4] train -> {job.run_dir}")
@@ -284,7 +300,7 @@ def pipeline(
         typer.echo(f"[2/4] export-onnx: {job.model} is newer than the best checkpoint")
     typer.echo(f"[3/4] sample-batch -> {job.report_dir}")
     _sample(job.model, job.report_dir, config, device=device,
-            report=_report_into(None, f"[4/4] report -> {job.report_dir / 'report.html'}"))
+            report=_report_into(job.report_dir, None, f"[4/4] report -> {job.report_dir / 'report.html'}"))
 
 
 def _import_tensorflow() -> None:
@@ -301,11 +317,11 @@ def _import_tensorflow() -> None:
         os.close(saved)
 
 
-def _progress_bar(total: int):
+def _progress_bar():
     """A one-line bar on stderr (rows done, characters per second), drawn only on a terminal."""
     started = time.perf_counter()
 
-    def show(rows: int, chars: int) -> None:
+    def show(rows: int, total: int, chars: int) -> None:
         if sys.stderr.isatty():
             done = int(30 * rows / total)
             end = "\n" if rows == total else ""

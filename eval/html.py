@@ -33,18 +33,23 @@ figcaption{color:#555;font-size:90%;max-width:60em}"""
 
 
 def page(runs: list[ScoredRun], table: pd.DataFrame) -> str:
-    """The whole report of one run (`table` its metrics) or of several side by side (`table` with a `run` column)."""
+    """The whole report of one run (`table` its metrics) or of several side by side (`table` with a `run` column);
+    a conditional model's samples are one run per class (`table` with a `class` column), shown like a comparison
+    but with each class's samples."""
     tables = {r.name: r.table for r in runs}
+    by_class = len({r.read.directory for r in runs}) == 1 and runs[0].read.label is not None
     body = [_summary_html(runs), _figure(plots.frontier(tables), FRONTIER_CAPTION), _tables_html(table),
             _figure(plots.trends(tables), TRENDS_CAPTION)]
     if len(runs) == 1:
         run = runs[0]
         body.append(_figure(plots.lengths(length_histograms(run.read), run.read.val, MAX_DETAILED), LENGTHS_CAPTION))
     body.append(_figure(plots.novelty_curve(tables, MAX_DETAILED), CURVE_CAPTION))
-    if len(runs) == 1:
-        body.append(_samples_html(runs[0]))
-    body.append(_facts_html(runs))
-    title = f"Samples: {runs[0].name}" if len(runs) == 1 else f"Comparison: {', '.join(r.name for r in runs)}"
+    if len(runs) == 1 or by_class:
+        body += [_samples_html(run, f"class {run.read.label}: " if by_class else "") for run in runs]
+    body.append(_facts_html(runs[:1] if by_class else runs))
+    title = f"Samples: {runs[0].name}" if len(runs) == 1 else \
+        f"Samples: {runs[0].read.source}, by class" if by_class else \
+        f"Comparison: {', '.join(r.name for r in runs)}"
     return _page(title, body)
 
 
@@ -113,7 +118,7 @@ def _number(x: float) -> str:
 
 def _tables_html(table: pd.DataFrame) -> str:
     """One table per theme: each cell is the estimate over its interval; the reference rows set apart."""
-    lead = ["run"] if "run" in table else []
+    lead = [c for c in ("run", "class") if c in table]
     parts = []
     for title, names in TABLES.items():
         head = "".join(f"<th class=label>{h}</th>" for h in [*lead, "group"]) + "".join(
@@ -136,14 +141,15 @@ def _tables_html(table: pd.DataFrame) -> str:
             f"read</dd>{legend}{curve}</dl></details>")
 
 
-def _samples_html(run: ScoredRun) -> str:
+def _samples_html(run: ScoredRun, heading: str = "") -> str:
     """Per temperature (at most MAX_DETAILED of them, evenly spaced), a few random samples (seeded, so reports are
     stable) and the most repeated outputs over every sample, each beside its nearest training title."""
     temperatures = sorted(run.shown)
     chosen = thin(temperatures, MAX_DETAILED)
     note = (f" Shown for {len(chosen)} of the {len(temperatures):,} temperatures, evenly spaced."
             if len(chosen) < len(temperatures) else "")
-    parts = ["<h2>Samples and their nearest training titles</h2><p class=muted>Distance: normalised edit distance "
+    parts = [f"<h2>{html.escape(heading)}Samples and their nearest training titles</h2><p class=muted>Distance: "
+             "normalised edit distance "
              f"to the nearest training title; red at or below {NEAR_COPY_THRESHOLD:g} (a near-copy).{note}</p>"]
     train = run.read.train
     for t in chosen:

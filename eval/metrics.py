@@ -578,7 +578,10 @@ def _subset_values(subs: list[Texts], p: _Pools, reference: list[Texts], referen
         for j, s in enumerate(subs):
             halves = p.sel[1:] if j < boot else p.sel[1:1 + DISTANCE_PAIRS]
             if is_reference:  # two disjoint halves of the reference: chance's share
-                distances.append(_distances(s, s, halves, ~halves))
+                rest = ~halves  # at an odd size one text more than the half: leave one out, half against half
+                if size % 2:
+                    rest[np.arange(rest.shape[0]), rest.argmax(axis=1)] = False
+                distances.append(_distances(s, s, halves, rest))
             else:
                 other = reference_pools.sel[1:1 + halves.shape[0]]
                 distances.append(_distances(s, reference[j % len(reference)], halves, other))

@@ -7,6 +7,7 @@ never overwritten, so bad input leaves no half-written report and loses nothing 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,14 +21,29 @@ from toolkit.files import UsageError, atomic_paths, clear_stale, exclusive
 
 
 def score(sample_dir: Path, train_data: str | None = None, name: str | None = None, size: int | None = None,
-          subset: int = SUBSET) -> ScoredRun:
-    """Read a sample directory and compute its metrics table (groups scored at `size`, default the smallest)."""
-    return score_read(read(sample_dir, train_data, name, subset), size)
+          subset: int = SUBSET) -> list[ScoredRun]:
+    """Read a sample directory and compute its metrics table (groups scored at `size`, default the smallest):
+    one ScoredRun, or one per class, all at one size."""
+    reads = read(sample_dir, train_data, name, subset)
+    size = scored_size(reads, size)
+    return [score_read(r, size) for r in reads]
+
+
+def _table(runs: list[ScoredRun], by_run: bool) -> pd.DataFrame:
+    """The runs' tables as one: a `run` column for a comparison, a `class` column for samples with classes."""
+    tables = []
+    for r in runs:
+        lead = {"run": r.read.source} if by_run else {}
+        lead |= {"class": r.read.label} if r.read.label is not None else {}
+        tables.append(r.table.assign(**lead)[[*lead, *r.table.columns]])
+    return pd.concat(tables, ignore_index=True)
 
 
 def write_report(sample_dir: Path, train_data: str | None = None, size: int | None = None,
-                 subset: int = SUBSET) -> tuple[Path, Path]:
-    """Score one sample directory; writes metrics.csv and report.html into it and returns their paths.
+                 subset: int = SUBSET, name: str | None = None) -> tuple[Path, Path]:
+    """Score one sample directory; writes metrics.csv and report.html into it and returns their paths. `name`
+    titles the report (default: the directory's name; sample-batch gives its --out's, the report being written
+    in the directory that will replace it).
 
     The directory is locked meanwhile, so a sample-batch writing it cannot leave a report of other samples."""
     sample_dir = Path(sample_dir)
@@ -37,8 +53,9 @@ def write_report(sample_dir: Path, train_data: str | None = None, size: int | No
     with exclusive(sample_dir):
         sampledir.check_report_dir(sample_dir)
         clear_stale(sample_dir)
-        run = score(sample_dir, train_data, size=size, subset=subset)
-        return _write(sample_dir, run.table, html.page([run], run.table))
+        runs = score(sample_dir, train_data, name, size=size, subset=subset)
+        table = _table(runs, by_run=False)
+        return _write(sample_dir, table, html.page(runs, table))
 
 
 def write_comparison(sample_dirs: Sequence[Path], out: Path, train_data: str | None = None,
@@ -52,10 +69,11 @@ def write_comparison(sample_dirs: Sequence[Path], out: Path, train_data: str | N
     names = [d.resolve().name for d in dirs]
     if len(set(names)) < len(names):
         names = [str(d) for d in dirs]
-    reads = [read(d, train_data, name, subset) for d, name in zip(dirs, names, strict=True)]
+    reads = [r if r.label is None else dataclasses.replace(r, name=f"{name}/{r.label}")
+             for d, name in zip(dirs, names, strict=True) for r in read(d, train_data, name, subset)]
     size = scored_size(reads, size)
     runs = [score_read(r, size) for r in reads]
-    table = pd.concat([r.table.assign(run=r.name)[["run", *r.table.columns]] for r in runs], ignore_index=True)
+    table = _table(runs, by_run=True)
     with exclusive(out):
         sampledir.check_comparison_out(out, dirs)  # again: it may have changed meanwhile
         clear_stale(out)

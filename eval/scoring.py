@@ -1,6 +1,10 @@
 """A sample directory read and scored: its samples streamed once in bounded chunks (toolkit.sampledir checks them
 against run.json), its titles, and the metrics table of eval.metrics; what both kinds of report are made of.
 
+Samples of a class-conditional model are read as one Read per class (in run.json's order), each with its own
+reference row: that class's held-out titles ("any", no class: every held-out title), so that a class's samples are
+compared with real titles of their class.
+
 A directory holds everything a report needs: samples.csv (or samples.parquet), run.json, and reference.json.xz
 (the training titles novelty is measured against, and the held-out titles of the reference row). So a report works
 from any folder, offline, with neither TensorFlow nor the corpus; `train_data` replaces the training titles
@@ -32,9 +36,11 @@ SHOWN = 8  # random samples shown per temperature
 class Read:
     """A sample directory streamed: per group its GroupStream (temperature order), and the titles."""
 
-    name: str
+    name: str  # the run's name in tables and plots: its directory's, or its class
+    source: str  # the directory's name, as the user knows it
     directory: Path
     info: dict  # run.json; empty when there is none
+    label: str | None  # the class of a conditional model's samples; None: samples without classes
     streams: list[GroupStream]
     reference: GroupStream
     train: TrainingTitles
@@ -63,8 +69,8 @@ class ScoredRun:
         return self.read.name
 
 
-def training_titles(sample_dir: Path, info: dict, train_data: str | None) -> tuple[list[str], list[str], str]:
-    """(training titles, reference titles, where the training titles came from).
+def training_titles(sample_dir: Path, info: dict, train_data: str | None) -> tuple[list[str], titles.Titles, str]:
+    """(training titles, the held-out titles with their labels where known, where the training titles came from).
 
     From reference.json.xz; `train_data` replaces the training titles (its training split, by run.json's
     val_fraction), and gives the reference titles too where the directory has no reference.json.xz.
@@ -74,16 +80,26 @@ def training_titles(sample_dir: Path, info: dict, train_data: str | None) -> tup
         if reference is None:
             raise UsageError(f"{sample_dir} has no {titles.FILE}, so the training titles are unknown; pass "
                              "{train_data} (the data the model was trained on)", "train_data")
-        return reference.train, reference.val, f"{titles.FILE} ({len(reference.train):,} titles)"
+        return reference.train, reference, f"{titles.FILE} ({len(reference.train):,} titles)"
     config = TrainConfig.from_dict(info.get("train_config", {}))
     corpus = load_corpus(train_data, "title", config.val_fraction, None)
-    val = reference.val if reference else corpus.val
-    return corpus.train_titles, val, f"{train_data} ({len(corpus.train_titles):,} titles)"
+    held_out = reference or titles.Titles([], corpus.val, corpus.classes, None, corpus.val_labels or None)
+    return corpus.train_titles, held_out, f"{train_data} ({len(corpus.train_titles):,} titles)"
+
+
+def class_titles(held_out: titles.Titles, label: str) -> list[str]:
+    """The held-out titles of one class (every one for ANY, or where the titles carry no labels)."""
+    if label == sampledir.ANY or not held_out.classes or held_out.val_labels is None or \
+            label not in held_out.classes:
+        return held_out.val
+    index = held_out.classes.index(label)
+    return [t for t, i in zip(held_out.val, held_out.val_labels, strict=True) if i == index]
 
 
 def read(sample_dir: Path, train_data: str | None = None, name: str | None = None, subset: int = SUBSET,
-         seed: int = 0) -> Read:
-    """Stream a sample directory's samples once (bounded memory, whatever their number)."""
+         seed: int = 0) -> list[Read]:
+    """Stream a sample directory's samples once (bounded memory, whatever their number): one Read named `name`
+    (default: the directory's name), or one per class, named by its class, for samples with classes."""
     sample_dir = Path(sample_dir)
     if not sample_dir.is_dir():
         raise UsageError(f"{sample_dir} is not a directory of samples; run `cli.py sample-batch --out {sample_dir}` "
@@ -91,17 +107,29 @@ def read(sample_dir: Path, train_data: str | None = None, name: str | None = Non
     if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
         raise UsageError(f"{{subset}} must be a positive number of texts, not {subset!r}", "subset")
     samples = sampledir.Samples(sample_dir)  # checks the columns before the titles are read
-    train, val, training = training_titles(sample_dir, samples.info, train_data)
+    train, held_out, training = training_titles(sample_dir, samples.info, train_data)
     train = TrainingTitles(train)
     logprob = "logprob" in samples.names
-    streams = Streams(train, subset, seed)
-    for batch in samples.chunks(("temperature", "text", "finished", "logprob")):
+    by_class = sampledir.CLASS in samples.names
+    streams: dict[str | None, Streams] = {}
+    for batch in samples.chunks(("temperature", "text", "finished", "logprob", *([sampledir.CLASS] * by_class))):
         texts = batch.column("text").to_pylist()
-        streams.add(batch.column("temperature").to_numpy(), texts,
-                    batch.column("finished").to_numpy(zero_copy_only=False),
-                    batch.column("logprob").to_numpy() if logprob else None)
-    return Read(name or sample_dir.resolve().name, sample_dir, samples.info, streams.groups(),
-                reference_stream(val, train, subset, seed), train, val, training, logprob, subset)
+        columns = (batch.column("temperature").to_numpy(), np.asarray(texts, object),
+                   batch.column("finished").to_numpy(zero_copy_only=False),
+                   batch.column("logprob").to_numpy() if logprob else None)
+        labels = np.asarray(batch.column(sampledir.CLASS).to_pylist(), object) if by_class else None
+        for label in dict.fromkeys(labels.tolist()) if by_class else [None]:  # in the file's order
+            rows = labels == label if by_class else slice(None)
+            streams.setdefault(label, Streams(train, subset, seed)).add(
+                *(c if c is None else c[rows] for c in columns[:1]), columns[1][rows].tolist(),
+                *(c if c is None else c[rows] for c in columns[2:]))
+    base = name or sample_dir.resolve().name
+    reads = []
+    for label, stream in streams.items():
+        val = held_out.val if label is None else class_titles(held_out, label)
+        reads.append(Read(base if label is None else label, base, sample_dir, samples.info, label, stream.groups(),
+                          reference_stream(val, train, subset, seed), train, val, training, logprob, subset))
+    return reads
 
 
 def score_read(run: Read, size: int | None = None, seed: int = 0) -> ScoredRun:
@@ -109,6 +137,8 @@ def score_read(run: Read, size: int | None = None, seed: int = 0) -> ScoredRun:
     groups: list[Group] = [stream_group(s, run.logprob) for s in run.streams]
     reference = stream_group(run.reference, False, "reference")
     bpc = run.info.get("reference_bpc")
+    if run.label is not None and run.label != sampledir.ANY:  # the class's titles given their class, where known
+        bpc = (run.info.get("reference_bpc_by_class") or {}).get(run.label, math.nan)
     table = score(groups, reference, run.train, size=size, reference_bpc=bpc, seed=seed)
     rng = np.random.default_rng(seed)
     shown = {}

@@ -45,6 +45,8 @@ class Weights:
     embedding: np.ndarray  # [vocab, dim]; the identity for one-hot input
     layers: list[Layer]
     head: tuple[np.ndarray, np.ndarray]  # Dense kernel [units, vocab], bias [vocab]
+    classes: np.ndarray | None = None  # a conditional model's class vectors [classes + 1, dim] (the last: no class);
+    # the first layer's kernel then takes [the embedding, the class vector]
 
     @property
     def units(self) -> int:
@@ -70,11 +72,18 @@ def read_weights(model) -> Weights:
             layers.append(Layer(kernel, recurrent, bias[0], bias[1]))
         else:
             raise UsageError("GRU with reset_after=False is not supported; train with `cli.py train --cell gru`")
-    first = model.layers[1]
+    names = {layer.name for layer in model.layers}
+    first = model.get_layer("embedding" if "embedding" in names else "one_hot")
     embedding = np.asarray(first.get_weights()[0], np.float32)
     head = first.head() if isinstance(first, TiedEmbedding) else model.get_layer("logits").get_weights()
     head = tuple(np.asarray(w, np.float32) for w in head)
-    return Weights(cell, embedding, layers, head)
+    classes = None
+    if "class_embedding" in names:
+        if "with_class" not in names:
+            raise UsageError("this run learned its classes through the initial state (condition_via state), which "
+                             "export does not support; train with the default condition_via input")
+        classes = np.asarray(model.get_layer("class_embedding").get_weights()[0], np.float32)
+    return Weights(cell, embedding, layers, head, classes)
 
 
 class _StepGraph:
@@ -148,8 +157,13 @@ def build_step_graph(w: Weights, metadata: dict[str, str], opset: int = DEFAULT_
     kinds = contract.STATES[w.cell]
     state = {k: b.boundary_in(k) for k in kinds}
     first = w.layers[0]
-    tables = b.by_gate("input_table", w.embedding @ first.kernel + first.bias)  # embedding, projection, bias
+    dim = w.embedding.shape[1]
+    tables = b.by_gate("input_table", w.embedding @ first.kernel[:dim] + first.bias)  # embedding, projection, bias
     x = {gate: g.op("Gather", table, contract.TOKEN, axis=0, name=f"input_{gate}") for gate, table in tables.items()}
+    if w.classes is not None:  # what each class adds to the first layer's gates: one more Gather
+        by_class = b.by_gate("class_table", w.classes @ first.kernel[dim:])
+        x = {gate: g.op("Add", x[gate], g.op("Gather", by_class[gate], contract.CLASS, axis=0, name=f"class_{gate}"))
+             for gate in b.gates}
     news: dict[str, list[str]] = {k: [] for k in kinds}
     for i, layer in enumerate(w.layers):
         if n == 1:  # then the layer's results are the graph's outputs
@@ -176,7 +190,9 @@ def build_step_graph(w: Weights, metadata: dict[str, str], opset: int = DEFAULT_
     graph = helper.make_graph(
         g.nodes, f"charlm_{w.cell}_step", [
             helper.make_tensor_value_info(contract.TOKEN, TensorProto.INT64, ["batch"]),
-            *(helper.make_tensor_value_info(k, TensorProto.FLOAT, state_shape) for k in kinds)],
+            *(helper.make_tensor_value_info(k, TensorProto.FLOAT, state_shape) for k in kinds),
+            *([helper.make_tensor_value_info(contract.CLASS, TensorProto.INT64, ["batch"])]
+              if w.classes is not None else [])],
         [helper.make_tensor_value_info(contract.LOGITS, TensorProto.FLOAT, ["batch", vocab_size]),
          *(helper.make_tensor_value_info(contract.out(k), TensorProto.FLOAT, state_shape) for k in kinds)],
         g.initializers)
@@ -187,19 +203,22 @@ def build_step_graph(w: Weights, metadata: dict[str, str], opset: int = DEFAULT_
     return model
 
 
-def max_logit_difference(model, onnx_path: Path, vocab_size: int, seed: int = 0) -> float:
-    """Run one token sequence through Keras (whole sequence) and onnxruntime (step by step, state carried)."""
+def max_logit_difference(model, onnx_path: Path, vocab_size: int, seed: int = 0, classes: int = 0) -> float:
+    """Run one token sequence through Keras (whole sequence) and onnxruntime (step by step, state carried); a
+    conditional model's rows take every class in turn, "no class" included."""
     from toolkit.sampling.runtime import OnnxStep
 
     rng = np.random.default_rng(seed)
     tokens = rng.integers(len(SPECIALS), vocab_size, size=(CHECK_BATCH, CHECK_STEPS))
     tokens[:, 0] = BOS
-    expected = np.asarray(model(tokens.astype(np.int32), training=False))
+    labels = np.arange(CHECK_BATCH) % (classes + 1) if classes else None
+    inputs = tokens.astype(np.int32) if labels is None else [tokens.astype(np.int32), labels.astype(np.int32)]
+    expected = np.asarray(model(inputs, training=False))
     if not np.isfinite(expected).all():  # else NaN compares as no difference and a diverged model would pass
         raise UsageError("the checkpoint gives non-finite logits (NaN or inf): its training diverged; retrain "
                          "with a lower {lr}", "lr")
     step = OnnxStep(onnx_path, device="cpu")
-    state = step.initial_state(CHECK_BATCH)
+    state = step.initial_state(CHECK_BATCH, labels)
     diff = 0.0
     for t in range(CHECK_STEPS):
         logits, state = step(tokens[:, t], state)
@@ -264,7 +283,8 @@ def export(run_dir: Path, out: Path | None = None, checkpoint: str = "best", ops
     reference = run_dir / titles.FILE
     spec = contract.StepSpec(weights.cell, len(weights.layers), weights.units, vocab, config.to_dict(),
                              facts.get("data_fingerprint", ""), "float16" if fp16 else "float32",
-                             reference.read_bytes() if reference.is_file() else None)
+                             reference.read_bytes() if reference.is_file() else None,
+                             tuple(facts.get("classes", ())) if weights.classes is not None else ())
     graph = build_step_graph(weights, spec.metadata(checkpoint), opset, fp16)
     tolerance = TOLERANCE_FP16 if fp16 else TOLERANCE
     with atomic_path(out) as tmp:  # the model appears last, once checked and its record written
@@ -272,7 +292,7 @@ def export(run_dir: Path, out: Path | None = None, checkpoint: str = "best", ops
             onnx.save(graph, tmp)
         except (OSError, ValueError) as e:  # onnx turns some failed writes into ValueError
             raise write_failed(out, e if isinstance(e, OSError) else OSError(str(e))) from None
-        diff = max_logit_difference(model, tmp, vocab.size)
+        diff = max_logit_difference(model, tmp, vocab.size, classes=len(spec.classes))
         if not diff <= tolerance:
             raise UsageError(f"verification failed: onnxruntime's logits differ from Keras' by {diff:.3g} "
                              f"(tolerance {tolerance:g}); no model written")

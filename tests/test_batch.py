@@ -9,11 +9,11 @@ import pytest
 from helpers import step_model
 
 from toolkit.files import UsageError
+from toolkit.sampledir import columns
 from toolkit.sampling.batch import sample_batch
 from toolkit.sampling.config import SampleConfig, sampling_config
 from toolkit.sampling.processors import InvalidParameter
 from toolkit.sampling.runtime import OnnxStep
-from toolkit.sampling.writer import COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_rows_columns_and_run_summary(model, tmp_path):
     config = sampling_config((0.0, 1.0, 1.8), n=20, max_len=64, seed=3, top_k=5)
     run = sample_batch(model, tmp_path, config, device="cpu")
     rows = read(tmp_path)
-    assert tuple(rows.columns) == COLUMNS and len(rows) == 60 == run.rows
+    assert tuple(rows.columns) == columns(classes=False) and len(rows) == 60 == run.rows
     assert rows["temperature"].tolist() == [0.0] * 20 + [1.0] * 20 + [1.8] * 20
     assert (rows["length"] == rows["text"].str.len()).all() and rows["length"].max() <= 64
     assert rows["length"].sum() == run.characters and (rows["seed"] == 3).all()
@@ -232,8 +232,9 @@ def test_run_json_records_what_the_run_was(model, tmp_path):
 def test_progress_is_reported_after_each_chunk_in_order(model, tmp_path):
     calls = []
     run = sample_batch(model, tmp_path, SampleConfig((1.0,), n=20, max_len=30), device="cpu", batch_size=7,
-                       progress=lambda rows, characters: calls.append((rows, characters)))
-    assert [rows for rows, _ in calls] == [7, 14, 20]
+                       progress=lambda rows, total, characters: calls.append((rows, characters, total)))
+    assert [rows for rows, _, _ in calls] == [7, 14, 20] and {total for *_, total in calls} == {20}
+    calls = [(rows, characters) for rows, characters, _ in calls]
     assert [c for _, c in calls] == sorted(c for _, c in calls) and calls[-1][1] == run.characters > calls[0][1]
 
 
@@ -313,7 +314,7 @@ def test_memory_is_bounded_by_the_chunk_whatever_n(model, tmp_path):
     class Enough(Exception):
         pass
 
-    def stop_after_two_chunks(rows, characters):
+    def stop_after_two_chunks(rows, total, characters):
         if rows > 2 * 256:
             raise Enough
 

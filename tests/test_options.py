@@ -28,7 +28,7 @@ def in_range(name: str, value) -> bool:
     if not math.isfinite(value):
         return False
     return {"val_fraction": 0 < value < 1, "dropout": 0 <= value < 1, "weight_drop": 0 <= value < 1,
-            "lr": 0 < value <= 1}[name]
+            "lr": 0 < value <= 1, "label_dropout": 0 <= value < 1}[name]
 
 
 def test_the_bounds_fit_numpy_and_tensorflow():

@@ -13,6 +13,8 @@ from toolkit.files import UsageError, write_text
 from toolkit.rundir import CONFIG, check_out
 
 CELLS = ("lstm", "gru")
+CONDITIONS = ("none", "class")  # what the model is told besides the text: nothing, or each title's class
+VIA = ("input", "state")  # how a class reaches the model: added to the first layer's input, or its initial state
 # Inclusive bounds of the integer options, generous for any GPU: an 8,192-unit LSTM layer is already 1 GiB of
 # recurrent weights (3 GiB with Adam's state). Past them sizes overflow TensorFlow's int32 shapes or any memory.
 INT_LIMITS = {"seq_len": (1, 16_384), "layers": (1, 16), "units": (1, 8_192), "embedding_dim": (0, 8_192),
@@ -21,7 +23,8 @@ INT_LIMITS = {"seq_len": (1, 16_384), "layers": (1, 16), "units": (1, 8_192), "e
 FLOAT_LIMITS = {"val_fraction": (0.0, 1.0, True, True, "(0, 1), both excluded"),
                 "dropout": (0.0, 1.0, False, True, "[0, 1): 1 would drop everything"),
                 "weight_drop": (0.0, 1.0, False, True, "[0, 1): 1 would drop everything"),
-                "lr": (0.0, 1.0, True, False, "(0, 1]")}
+                "lr": (0.0, 1.0, True, False, "(0, 1]"),
+                "label_dropout": (0.0, 1.0, False, True, "[0, 1): 1 would never show a class")}
 
 
 @dataclass(frozen=True)
@@ -42,11 +45,18 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 3e-3  # peak: cosine decay to a tenth over the epochs
     seed: int = 0
+    condition: str = "none"  # none | class: learn p(text | class), the data's labels
+    condition_via: str = "input"  # input | state (see VIA; docs/benchmarks.md says why input is the default)
+    label_dropout: float = 0.1  # share of training sequences shown "no class", so the model samples without one
 
     def __post_init__(self) -> None:
         checks = [  # (holds, message, the parameters it names)
             (self.field in FIELDS, f"{{field}} must be one of {', '.join(FIELDS)}, not {self.field!r}", ("field",)),
             (self.cell in CELLS, f"{{cell}} must be one of {', '.join(CELLS)}, not {self.cell!r}", ("cell",)),
+            (self.condition in CONDITIONS, f"{{condition}} must be one of {', '.join(CONDITIONS)}, not "
+                                           f"{self.condition!r}", ("condition",)),
+            (self.condition_via in VIA, f"{{condition_via}} must be one of {', '.join(VIA)}, not "
+                                        f"{self.condition_via!r}", ("condition_via",)),
             (isinstance(self.data, str) and self.data != "", f"{{data}} must name a source, not {self.data!r}",
              ("data",)),
             (self.val_data is None or isinstance(self.val_data, str), f"{{val_data}} must be a path, not "

@@ -217,6 +217,15 @@ RNN_LAYERS = {"lstm": LSTM, "gru": GRU}
 
 
 @keras.saving.register_keras_serializable(package="charlm")
+class ClassSteps(keras.layers.Layer):
+    """A sequence's class vector [batch, dim] repeated at each of the steps of `like` [batch, steps, ...]."""
+
+    def call(self, inputs):
+        vector, like = inputs
+        return tf.repeat(vector[:, None, :], tf.shape(like)[1], axis=1)
+
+
+@keras.saving.register_keras_serializable(package="charlm")
 class TiedEmbedding(keras.layers.Layer):
     """The input embedding that also makes the logits (weight tying): a character's input vector is its output
     vector. Called on ids it embeds them; called with `logits=True` on the last layer's outputs [.., units] it
@@ -278,14 +287,25 @@ def lr_schedule(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.s
     return keras.optimizers.schedules.CosineDecay(config.lr, config.epochs * steps_per_epoch, alpha=0.1)
 
 
-def build_model(config: TrainConfig, vocab_size: int, steps_per_epoch: int = 1) -> keras.Model:
+CLASS_DIM = 16  # the size of a class's vector
+
+
+def build_model(config: TrainConfig, vocab_size: int, steps_per_epoch: int = 1, classes: int = 0) -> keras.Model:
     """The model `train` fits. `embedding_dim=0` gives the notebook's one-hot input (a frozen identity table).
 
     Padding is masked in the loss, not in the RNN: with right padding no real position ever sees a pad.
     The learning rate decays along a cosine to a tenth of `lr` over `epochs * steps_per_epoch` steps.
+
+    With `config.condition == "class"` the model also takes each sequence's class ([batch] int32, `classes` the
+    "no class" id): a learned vector per class, either joined to every step's input of the first layer (`input`:
+    what it adds to the gates is a [classes + 1, gates * units] table, exported as one Gather) or turned into
+    every layer's initial state (`state`).
     """
     keras.utils.set_random_seed(config.seed)
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
+    label = keras.Input(shape=(), dtype="int32", name="class") if config.condition == "class" else None
+    condition = keras.layers.Embedding(classes + 1, CLASS_DIM, name="class_embedding")(label) if label is not None \
+        else None
     tied = TiedEmbedding(vocab_size, config.embedding_dim, config.units, name="embedding") if config.tie else None
     if tied:
         x = tied(tokens)
@@ -294,13 +314,20 @@ def build_model(config: TrainConfig, vocab_size: int, steps_per_epoch: int = 1) 
     else:
         x = keras.layers.Embedding(vocab_size, vocab_size, embeddings_initializer="identity",
                                    trainable=False, name="one_hot")(tokens)
+    if condition is not None and config.condition_via == "input":
+        x = keras.layers.Concatenate(name="with_class")([x, ClassSteps(name="class_steps")([condition, x])])
     for i in range(config.layers):
+        initial = None
+        if condition is not None and config.condition_via == "state":
+            kinds = 2 if config.cell == "lstm" else 1
+            initial = [keras.layers.Dense(config.units, activation="tanh", name=f"initial_{i}_{k}")(condition)
+                       for k in range(kinds)]
         x = RNN_LAYERS[config.cell](config.units, return_sequences=True, weight_drop=config.weight_drop,
-                                    name=f"rnn_{i}")(x)
+                                    name=f"rnn_{i}")(x, initial_state=initial)
         if config.dropout:
             x = keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
     logits = tied(x, logits=True) if tied else keras.layers.Dense(vocab_size, name="logits")(x)
-    model = keras.Model(tokens, logits, name=f"charlm_{config.cell}")
+    model = keras.Model(tokens if label is None else [tokens, label], logits, name=f"charlm_{config.cell}")
     model.compile(optimizer=keras.optimizers.Adam(lr_schedule(config, steps_per_epoch), clipnorm=1.0),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD),
                   metrics=[BitsPerChar()])
@@ -315,31 +342,55 @@ def rnn_layers(model: keras.Model) -> list[keras.layers.Layer]:
 class KerasStep:
     """One step of a Keras model with the state carried: the same interface as the ONNX step.
 
-    Used for samples during training and as the TensorFlow baseline of the benchmarks.
+    Used for samples during training and as the TensorFlow baseline of the benchmarks. A class-conditional model's
+    state ends with the rows' classes ([1, rows] int64, the "no class" id unless `initial_state` is given them).
     """
 
     def __init__(self, model: keras.Model):
-        self.embedding = model.get_layer(index=1)
+        names = {layer.name for layer in model.layers}
+        self.embedding = model.get_layer("embedding" if "embedding" in names else "one_hot")
         self.cells = [layer.cell for layer in rnn_layers(model)]
         tied = isinstance(self.embedding, TiedEmbedding)
         self.head = (lambda x: self.embedding(x, logits=True)) if tied else model.get_layer("logits")
         self.lstm = isinstance(self.cells[0], keras.layers.LSTMCell)
         self.layers, self.units = len(self.cells), self.cells[0].units
+        self.classes = model.get_layer("class_embedding") if "class_embedding" in names else None
+        self.via_input = "with_class" in names
+        self.initial = [[model.get_layer(f"initial_{i}_{k}") for k in range(2 if self.lstm else 1)]
+                        for i in range(self.layers)] if self.classes is not None and not self.via_input else None
         self._step = tf.function(self._call, reduce_retracing=True)
 
-    def initial_state(self, batch: int) -> tuple[np.ndarray, ...]:
+    @property
+    def no_class(self) -> int | None:
+        return None if self.classes is None else self.classes.input_dim - 1
+
+    def initial_state(self, batch: int, classes: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         zeros = np.zeros((self.layers, batch, self.units), np.float32)
-        return (zeros, zeros.copy()) if self.lstm else (zeros,)
+        state = (zeros, zeros.copy()) if self.lstm else (zeros,)
+        if self.classes is None:
+            return state
+        label = np.full(batch, self.no_class, np.int64) if classes is None else np.asarray(classes, np.int64)
+        if self.initial is not None:  # the class gives every layer's initial state
+            vector = self.classes(tf.constant(label, tf.int32))
+            state = tuple(np.stack([np.asarray(self.initial[i][k](vector)) for i in range(self.layers)])
+                          for k in range(len(state)))
+        return (*state, label[None, :])
 
     def _call(self, tokens: tf.Tensor, state: tuple[tf.Tensor, ...]):
+        label = None
+        if self.classes is not None:
+            *state, label = state
         x = self.embedding(tokens)
+        if label is not None and self.via_input:
+            x = tf.concat([x, self.classes(tf.cast(label[0], tf.int32))], axis=-1)
         new = [[] for _ in state]
         for i, cell in enumerate(self.cells):
             # A list in, a list out, for both cells (a GRU cell given a bare tensor returns a bare tensor).
             x, layer_state = cell(x, [s[i] for s in state], training=False)
             for kind, s in zip(new, layer_state, strict=True):
                 kind.append(s)
-        return self.head(x), tuple(tf.stack(s) for s in new)
+        stacked = tuple(tf.stack(s) for s in new)
+        return self.head(x), stacked if label is None else (*stacked, label)
 
     def __call__(self, tokens: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple]:
         logits, state = self._step(tf.constant(tokens, tf.int32), tuple(tf.constant(s) for s in state))

@@ -43,9 +43,10 @@ class Plan:
 
 
 def plan(name: str, overrides: dict[str, object], *, device: str, resume: bool = False, overwrite: bool = False,
-         train_data: str | None = None, root: Path = Path()) -> Plan:
+         train_data: str | None = None, root: Path = Path(), classes: tuple[str, ...] = ()) -> Plan:
     """Check everything the four stages need, cheaply, and say which stages run. `overrides` are train's settings
-    (None: not given). Raises UsageError, naming the library's parameters (`out` is runs/NAME and reports/NAME)."""
+    (None: not given); `classes` those sampling asks for. Raises UsageError, naming the library's parameters (`out`
+    is runs/NAME and reports/NAME)."""
     check_name(name)
     run_dir, report_dir = root / RUNS / name, root / REPORTS / name
     check_device(device, start=True)
@@ -55,10 +56,26 @@ def plan(name: str, overrides: dict[str, object], *, device: str, resume: bool =
     for source in (config.data, config.val_data, train_data):
         if source is not None and not (done and source != train_data):
             check_source(source)
+    if config.condition == "class" or classes:
+        _check_classes(config, classes)
     model = rundir.export_target(run_dir, None)
     fresh = (resume and model.is_file() and (run_dir / rundir.CHECKPOINTS["best"]).is_file()
              and model.stat().st_mtime >= (run_dir / rundir.CHECKPOINTS["best"]).stat().st_mtime)
     return Plan(run_dir, report_dir, config, train=not done, resume=resume, export=not (done and fresh))
+
+
+def _check_classes(config: TrainConfig, classes: tuple[str, ...]) -> None:
+    """A conditional job's data has classes, and sampling asks for classes the data has."""
+    from toolkit.data import load_corpus
+    from toolkit.sampling.config import SampleConfig
+
+    if config.condition != "class":
+        raise UsageError("{classes} needs a class-conditional model: add {condition} class", "classes", "condition")
+    corpus = load_corpus(config.data, config.field, config.val_fraction, config.val_data)
+    if not corpus.classes:
+        raise UsageError(f"{{condition}} class needs labelled data, and {config.data} has no classes; drop "
+                         "{condition} or pass labelled data", "condition")
+    SampleConfig(classes=classes).class_ids(corpus.classes)
 
 
 def _epochs(run_dir: Path) -> int:

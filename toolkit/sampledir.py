@@ -40,13 +40,27 @@ RUN_INFO = "run.json"
 SAMPLES = {"csv": "samples.csv", "parquet": "samples.parquet"}
 FORMATS = tuple(SAMPLES)
 METRICS, REPORT = "metrics.csv", "report.html"
-COLUMNS = ("sample_id", "temperature", "prompt", "text", "length", "finished", "logprob", "seed")
+COLUMNS = ("sample_id", "temperature", "class", "prompt", "text", "length", "finished", "logprob", "seed")
+CLASS = "class"  # the column only samples of a class-conditional model have
+ANY = "any"  # the class name that asks a conditional model for no class
 REQUIRED = ("temperature", "text", "finished")  # what a report needs of a samples file made elsewhere
 TOOLKIT, LAYOUT = "charlm", 1  # run.json's marker: {"toolkit": "charlm", "layout": 1, ...}
 MADE_HERE = (RUN_INFO, *SAMPLES.values(), titles.FILE, METRICS, REPORT)
 GENERATOR = '<meta name="generator" content="charlm">'  # in every report.html: how a later report knows it
 CHUNK_ROWS = 65_536  # rows a reader holds at once
 FIX = "rerun `cli.py sample-batch`"
+
+
+def columns(classes: bool) -> tuple[str, ...]:
+    """The columns of a samples file: `class` only where the samples have classes."""
+    return tuple(c for c in COLUMNS if c != CLASS or classes)
+
+
+def row_groups(rows: np.ndarray, n: int, classes: int, prompts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's (temperature, class, prompt) index. Rows are temperature-major, then class (one group where the
+    samples have none), then the group's `n` samples, the prompts cycling within a group."""
+    group = rows // n
+    return group // classes, group % classes, rows % n % prompts
 
 
 def read_info(directory: Path) -> dict:
@@ -203,16 +217,20 @@ def samples_path(directory: Path) -> Path:
 
 @dataclass(frozen=True)
 class Expected:
-    """What run.json says the samples are: rows in order of sample_id, temperature-major."""
+    """What run.json says the samples are: rows in order of sample_id, as `row_groups` lays them out."""
 
     temperatures: tuple[float, ...]
     n: int
     prompts: tuple[str, ...]
     seed: int | None
+    classes: tuple[str, ...] = ()
 
     @property
     def rows(self) -> int:
-        return self.n * len(self.temperatures)
+        return self.n * len(self.temperatures) * max(1, len(self.classes))
+
+    def groups(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return row_groups(rows, self.n, max(1, len(self.classes)), len(self.prompts))
 
     @classmethod
     def from_info(cls, info: dict) -> Expected | None:
@@ -223,7 +241,9 @@ class Expected:
             return None  # a run.json from elsewhere: nothing to check against
         prompts = sampling.get("prompts") or [""]
         seed = sampling.get("seed")
-        return cls(tuple(float(t) for t in temps), n, tuple(map(str, prompts)), seed if isinstance(seed, int) else None)
+        classes = sampling.get("classes") or []
+        return cls(tuple(float(t) for t in temps), n, tuple(map(str, prompts)), seed if isinstance(seed, int) else None,
+                   tuple(map(str, classes)) if isinstance(classes, list) else ())
 
 
 def _arrow_error(path: Path, names: list[str], e: Exception) -> UsageError:
@@ -278,13 +298,14 @@ class Samples:
         import pyarrow as pa
         import pyarrow.csv
 
-        types = {"sample_id": pa.int64(), "temperature": pa.float64(), "prompt": pa.string(), "text": pa.string(),
+        types = {"sample_id": pa.int64(), "temperature": pa.float64(), CLASS: pa.string(), "prompt": pa.string(),
+                 "text": pa.string(),
                  "length": pa.int64(), "finished": pa.bool_(), "logprob": pa.float64(), "seed": pa.uint64()}
         return pyarrow.csv.ConvertOptions(column_types=types, include_columns=columns, strings_can_be_null=False,
                                           quoted_strings_can_be_null=False)
 
     def chunks(self, columns: tuple[str, ...] = COLUMNS) -> Iterator:
-        wanted = [c for c in dict.fromkeys((*columns, *(("sample_id", "temperature", "prompt", "seed")
+        wanted = [c for c in dict.fromkeys((*columns, *(("sample_id", "temperature", CLASS, "prompt", "seed")
                                                          if self.expected else ()))) if c in self.names]
         seen = 0
         for batch in self._read(wanted):
@@ -297,7 +318,9 @@ class Samples:
             raise UsageError(f"{self.path} holds no samples; rerun `cli.py sample-batch` with --n 1 or more")
         if self.expected and seen != self.expected.rows:
             raise self._mismatch(f"holds {seen:,} rows where run.json describes {self.expected.rows:,} "
-                                 f"({len(self.expected.temperatures)} temperature(s) of {self.expected.n:,})")
+                                 f"({len(self.expected.temperatures)} temperature(s)"
+                                 f"{f' × {len(self.expected.classes)} classes' if self.expected.classes else ''} of "
+                                 f"{self.expected.n:,})")
 
     def _read(self, columns: list[str]) -> Iterator:
         try:
@@ -358,21 +381,25 @@ class Samples:
                                  "are missing, repeated or out of order")
         if rows[-1] >= expected.rows:
             raise self._mismatch(f"holds more than the {expected.rows:,} rows run.json describes")
-        temps = np.asarray(expected.temperatures)[rows // expected.n]
+        temperature, label, prompt = expected.groups(rows)
+        temps = np.asarray(expected.temperatures)[temperature]
         found = batch.column("temperature").to_numpy()
         if not np.allclose(found, temps, rtol=1e-9, atol=0):
             at = int(np.flatnonzero(~np.isclose(found, temps, rtol=1e-9, atol=0))[0])
             raise self._mismatch(f"row {first + at:,} has temperature {found[at]:g} where run.json has "
                                  f"{temps[at]:g}")
-        if "prompt" in names:
-            import pyarrow as pa
-            import pyarrow.compute as pc
+        if expected.classes and CLASS not in names:
+            raise self._mismatch(f"has no {CLASS} column where run.json names classes")
+        for column, values, index in (("prompt", expected.prompts, prompt), (CLASS, expected.classes, label)):
+            if column in names and values:
+                import pyarrow as pa
+                import pyarrow.compute as pc
 
-            want = pa.array(expected.prompts).take(pa.array(rows % expected.n % len(expected.prompts)))
-            same = pc.equal(batch.column("prompt"), want).to_numpy(zero_copy_only=False)
-            if not same.all():
-                at = int(np.flatnonzero(~same)[0])
-                raise self._mismatch(f"row {first + at:,} has a prompt that run.json does not give it")
+                want = pa.array(values).take(pa.array(index))
+                same = pc.equal(batch.column(column), want).to_numpy(zero_copy_only=False)
+                if not same.all():
+                    at = int(np.flatnonzero(~same)[0])
+                    raise self._mismatch(f"row {first + at:,} has a {column} that run.json does not give it")
         if "seed" in names and expected.seed is not None:
             seeds = batch.column("seed").to_numpy()
             if (seeds != np.uint64(expected.seed)).any():

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from toolkit import titles
 from toolkit.config import TrainConfig, check_resume, load_run_config, save_run_config
-from toolkit.data import Corpus, load_corpus
+from toolkit.data import MAX_CLASSES, Corpus, load_corpus
 from toolkit.dataset import make_dataset
 from toolkit.files import UsageError, unlock
 from toolkit.model import KerasStep, build_model, lr_schedule
@@ -65,8 +65,9 @@ def read_history(out: Path) -> list[dict[str, float]]:
 
 
 def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
+    """HISTORY_COLUMNS, then what a conditional run adds (val_bpc_any: validation with "no class")."""
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, HISTORY_COLUMNS)
+        writer = csv.DictWriter(f, [*HISTORY_COLUMNS, *(k for k in rows[-1] if k not in HISTORY_COLUMNS)])
         writer.writeheader()
         writer.writerows(rows)
 
@@ -79,10 +80,10 @@ class RunCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, run: Path, out: Path, history: list[dict[str, float]], chars_per_epoch: int, lr: float,
-                 overwrite: bool = False):
+                 overwrite: bool = False, val_any=None):
         super().__init__()
         self.run, self.out, self.history, self.chars, self.lr = run, out, history, chars_per_epoch, lr
-        self.overwrite = overwrite
+        self.overwrite, self.val_any = overwrite, val_any  # val_any: the validation set shown "no class"
         self.best = min((row["val_bpc"] for row in history), default=np.inf)
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
@@ -97,6 +98,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in HISTORY_COLUMNS[1:5]},
                "lr": float(self.model.optimizer.learning_rate), "seconds": round(seconds, 2),
                "chars_per_second": round(self.chars / seconds)}
+        if self.val_any is not None:
+            row["val_bpc_any"] = float(self.model.evaluate(self.val_any, verbose=0, return_dict=True)["bpc"])
         if not all(map(math.isfinite, row.values())) or not all(np.isfinite(w).all() for w in self.model.get_weights()):
             raise self._diverged()
         files = {LAST: PENDING + LAST, HISTORY: PENDING + HISTORY}
@@ -136,8 +139,10 @@ class EpochSamples(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         row = self.checkpoint.history[-1]  # the epoch the checkpoint has just committed
+        unconditional = f" (no class {row['val_bpc_any']:.3f})" if "val_bpc_any" in row else ""
         self.log(f"  epoch {row['epoch']:.0f}/{self.epochs}: training {row['bpc']:.3f}, validation "
-                 f"{row['val_bpc']:.3f} bits/char (best {self.checkpoint.best:.3f}), {row['seconds']:.0f} s, "
+                 f"{row['val_bpc']:.3f}{unconditional} bits/char (best {self.checkpoint.best:.3f}), "
+                 f"{row['seconds']:.0f} s, "
                  f"{row['chars_per_second']:,.0f} characters/s, learning rate {row['lr']:.3g}")
         config = SampleConfig(EPOCH_SAMPLE_TEMPS, n=self.per_temp, max_len=100, seed=self.seed + epoch)
         rows = np.arange(config.rows)
@@ -175,7 +180,8 @@ def _start_run(run: Path, config: TrainConfig, vocab: Vocab, corpus: Corpus) -> 
     """What a new run holds before its first epoch (its marker is already there)."""
     vocab.save(run / VOCAB)  # each write is whole or a one-line UsageError (files.atomic_path)
     save_run_config(run / CONFIG, config, vocab_size=vocab.size, data_fingerprint=fingerprint(corpus.train),
-                    train_texts=len(corpus.train), val_texts=len(corpus.val))
+                    train_texts=len(corpus.train), val_texts=len(corpus.val),
+                    **({"classes": list(corpus.classes)} if config.condition == "class" else {}))
     write_reference(run, corpus)
 
 
@@ -195,6 +201,13 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, overwrite: bo
         check_resume(saved, config.to_dict())
         config = saved.replace(epochs=config.epochs)
     corpus = corpus or load_corpus(config.data, config.field, config.val_fraction, config.val_data)
+    if config.condition == "class" and not corpus.classes:
+        raise UsageError(f"{{condition}} class needs labelled data, and {config.data} has no classes (a .txt, or a "
+                         f"CSV with more than {MAX_CLASSES} distinct labels); train without {{condition}} or pass "
+                         "labelled data", "condition")
+    if resume and config.condition == "class" and facts.get("classes") != list(corpus.classes):
+        raise UsageError(f"the data's classes {list(corpus.classes)} differ from those {out} was trained on "
+                         f"{facts.get('classes')}; resume with the same data", "condition")
     built = Vocab.build(corpus.train)
     built.check_known(corpus.val)  # before anything is written
     run = out if resume else new_run_dir(out)
@@ -215,7 +228,8 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, overwrite: bo
         else:
             vocab, model = built, None
             _start_run(run, config, vocab, corpus)
-        checkpoint = RunCheckpoint(run, out, history, predicted_characters(corpus.train), config.lr, overwrite)
+        checkpoint = RunCheckpoint(run, out, history, predicted_characters(corpus.train), config.lr, overwrite,
+                                   _no_class_validation(config, vocab, corpus))
         _fit(config, model, vocab, corpus, checkpoint, log, verbose, done=len(history))
     except KeyboardInterrupt:
         raise Interrupted(len(history) if resume or (checkpoint and checkpoint.run == out) else 0) from None
@@ -226,16 +240,31 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, overwrite: bo
     return history
 
 
+def _labels(config: TrainConfig, corpus: Corpus, which: str) -> dict:
+    """make_dataset's class arguments for a conditional run (nothing for an unconditional one)."""
+    if config.condition != "class":
+        return {}
+    return {"labels": getattr(corpus, f"{which}_labels"), "no_class": len(corpus.classes)}
+
+
+def _no_class_validation(config: TrainConfig, vocab: Vocab, corpus: Corpus):
+    """The validation set with every class hidden: the figure comparable to an unconditional model's."""
+    if config.condition != "class":
+        return None
+    return make_dataset(corpus.val, vocab, batch_size=256, seq_len=config.seq_len, labels=[-1] * len(corpus.val),
+                        no_class=len(corpus.classes))
+
+
 def _fit(config: TrainConfig, model: keras.Model | None, vocab: Vocab, corpus: Corpus, checkpoint: RunCheckpoint,
          log: Callable[[str], None], verbose: int | str, done: int) -> None:
     seed = (config.seed + done) % 2**32  # a resumed run draws anew, within numpy's seed range
     keras.utils.set_random_seed(seed)
     train_ds = make_dataset(corpus.train, vocab, batch_size=config.batch_size, seq_len=config.seq_len,
-                            shuffle_seed=seed)
-    val_ds = make_dataset(corpus.val, vocab, batch_size=256, seq_len=config.seq_len)
+                            shuffle_seed=seed, label_dropout=config.label_dropout, **_labels(config, corpus, "train"))
+    val_ds = make_dataset(corpus.val, vocab, batch_size=256, seq_len=config.seq_len, **_labels(config, corpus, "val"))
     steps = int(train_ds.cardinality())
     if model is None:
-        model = build_model(config, vocab.size, steps_per_epoch=steps)
+        model = build_model(config, vocab.size, steps_per_epoch=steps, classes=len(corpus.classes))
     else:
         model.optimizer.learning_rate = lr_schedule(config, steps)  # the configured total may have changed
     if verbose == "auto":  # a bar on a terminal while an epoch runs; the epoch's line is ours (EpochSamples)

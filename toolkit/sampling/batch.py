@@ -55,6 +55,25 @@ class SampleRun:
         return self.characters / self.seconds if self.seconds else 0.0
 
 
+def class_bpc(step: OnnxStep, reference) -> dict:
+    """A conditional model's bits per character of each class's held-out titles given their class (run.json's
+    `reference_bpc_by_class`, each class's reference row in the report); nothing for other models."""
+    if not step.spec.classes or reference.val_labels is None or tuple(reference.classes) != step.spec.classes:
+        return {}
+    labels = np.asarray(reference.val_labels, np.int64)
+    return {"reference_bpc_by_class": {
+        name: bits_per_character(step, step.spec.vocab, [t for t, k in zip(reference.val, labels, strict=True)
+                                                          if k == i], labels[labels == i])
+        for i, name in enumerate(step.spec.classes)}}
+
+
+def with_classes(config: SampleConfig, names: tuple[str, ...]) -> SampleConfig:
+    """The config for a model with these classes: a conditional model samples every class unless told which, and
+    classes it lacks (or any class for an unconditional model) are refused."""
+    config.class_ids(names)
+    return dataclasses.replace(config, classes=names) if names and not config.classes else config
+
+
 def sample_batch(model: str | Path, out: str | Path, config: SampleConfig, *, device: str = "auto",
                  batch_size: int | None = None, tf32: bool = False, fmt: str = "csv",
                  progress: Callable[[int, int], None] | None = None, step: OnnxStep | None = None,
@@ -64,7 +83,7 @@ def sample_batch(model: str | Path, out: str | Path, config: SampleConfig, *, de
     directory before the swap (the CLI writes the report there). A failure anywhere leaves `out` as it was.
 
     Every row's draws depend only on (seed, sample_id), so any `batch_size` gives the same samples.
-    `progress(rows_done, characters_done)` is called after each chunk.
+    `progress(rows_done, rows, characters_done)` is called after each chunk.
     """
     check_format(fmt)
     if batch_size is not None and not 1 <= batch_size <= MAX_CHUNK_ROWS:
@@ -72,6 +91,7 @@ def sample_batch(model: str | Path, out: str | Path, config: SampleConfig, *, de
                          "batch_size")
     sampledir.check_out(out)  # before the model loads
     step = step or OnnxStep(model, device, tf32)
+    config = with_classes(config, step.spec.classes)
     reference = read_reference(step.spec) if step.spec.reference is not None else None  # damaged: refused now
     workers = 1 if step.provider == CUDA else cpu_cores()
     engines: queue.SimpleQueue[Engine] = queue.SimpleQueue()
@@ -103,7 +123,7 @@ def sample_batch(model: str | Path, out: str | Path, config: SampleConfig, *, de
                     write(rows, batch)
                     characters += int(np.count_nonzero(batch.ids))
                     if progress:
-                        progress(int(rows[-1]) + 1, characters)
+                        progress(int(rows[-1]) + 1, config.rows, characters)
             seconds = time.perf_counter() - started
         run = SampleRun(str(model), engine.provider, tf32 and engine.provider == CUDA, engine.cuda_graph,
                         engine.cuda_graph_error, batch_size, engine.sync_every, fmt, config.rows, characters, seconds)
@@ -112,7 +132,8 @@ def sample_batch(model: str | Path, out: str | Path, config: SampleConfig, *, de
             write_bytes(new / titles.FILE, step.spec.reference)
             facts = {"titles": {"digest": titles.digest(step.spec.reference), "train": len(reference.train),
                                 "val": len(reference.val)},
-                     "reference_bpc": bits_per_character(step, step.spec.vocab, reference.val)}
+                     "reference_bpc": bits_per_character(step, step.spec.vocab, reference.val),
+                     **class_bpc(step, reference)}
         write_text(new / sampledir.RUN_INFO, json.dumps({
             "toolkit": sampledir.TOOLKIT, "layout": sampledir.LAYOUT, **dataclasses.asdict(run),
             "chars_per_second": run.chars_per_second, "sampling": config.to_dict(), "train_config": step.spec.config,

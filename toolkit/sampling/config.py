@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from toolkit.files import UsageError
+from toolkit.sampledir import ANY, row_groups
 from toolkit.sampling.draw import MAX_ROWS, MAX_STEPS
 from toolkit.sampling.processors import MIN_TEMPERATURE, InvalidParameter, Processor, Temperature, describe, from_knobs
 from toolkit.vocab import Vocab
@@ -19,7 +20,8 @@ MAX_TEMPERATURES = 1000
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """n samples at each temperature; rows are temperature-major, and prompts cycle within a temperature."""
+    """n samples at each temperature (and each class, for a class-conditional model); rows are temperature-major,
+    then class, and prompts cycle within a group (toolkit.sampledir.row_groups)."""
 
     temperatures: tuple[float, ...] = (0.3, 1.0, 1.8)
     n: int = 1000
@@ -27,6 +29,7 @@ class SampleConfig:
     max_len: int = 128  # characters per sample, prompt included
     seed: int = 0
     processors: tuple[Processor, ...] = (Temperature(),)  # in order; the reserved-id ban always comes first
+    classes: tuple[str, ...] = ()  # the classes asked for, n rows each ("any": no class); () for no classes
 
     def __post_init__(self) -> None:
         temps = self.temperatures
@@ -37,7 +40,11 @@ class SampleConfig:
                     t == 0 or t >= MIN_TEMPERATURE):
                 raise InvalidParameter("temperatures", f"must each be 0 (greedy) or a finite number of at least "
                                        f"{MIN_TEMPERATURE}", t)
-        for name, value, high in (("n", self.n, MAX_ROWS // len(temps)), ("max_len", self.max_len, MAX_STEPS)):
+        if not isinstance(self.classes, tuple) or not all(isinstance(c, str) and c for c in self.classes) or len(
+                set(self.classes)) < len(self.classes):
+            raise InvalidParameter("classes", "must be distinct class names", self.classes)
+        for name, value, high in (("n", self.n, MAX_ROWS // len(temps) // self.groups),
+                                  ("max_len", self.max_len, MAX_STEPS)):
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
                 raise InvalidParameter(name, f"must be an integer from 1 to {high:,}", value)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
@@ -51,15 +58,40 @@ class SampleConfig:
             raise InvalidParameter("processors", "must hold Temperature() exactly once", self.processors)
 
     @property
+    def groups(self) -> int:
+        """Groups of n rows per temperature: one per class asked for, else one."""
+        return max(1, len(self.classes))
+
+    @property
     def rows(self) -> int:
-        return self.n * len(self.temperatures)
+        return self.n * len(self.temperatures) * self.groups
+
+    def _groups(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return row_groups(np.asarray(rows), self.n, self.groups, len(self.prompts))
 
     def row_temperatures(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray(self.temperatures, np.float64)[rows // self.n]
+        return np.asarray(self.temperatures, np.float64)[self._groups(rows)[0]]
+
+    def row_classes(self, rows: np.ndarray) -> np.ndarray:
+        """Index into `classes` of each row (0 where there are none)."""
+        return self._groups(rows)[1]
 
     def row_prompts(self, rows: np.ndarray) -> np.ndarray:
         """Index into `prompts` of each row."""
-        return rows % self.n % len(self.prompts)
+        return self._groups(rows)[2]
+
+    def class_ids(self, names: tuple[str, ...]) -> np.ndarray:
+        """The model's id of each class asked for, given the model's class names (`ANY`: their number, "no class");
+        no classes asked for: "no class" alone."""
+        if self.classes and not names:
+            raise UsageError("{classes} needs a class-conditional model, and this one has no classes; leave "
+                             "{classes} out, or sample a model trained with {condition} class", "classes", "condition")
+        unknown = [c for c in self.classes if c != ANY and c not in names]
+        if unknown:
+            raise InvalidParameter("classes", f"must name the model's classes ({', '.join(names)}) or {ANY}",
+                                   unknown[0])
+        ids = {name: i for i, name in enumerate(names)} | {ANY: len(names)}
+        return np.array([ids[c] for c in self.classes] or [len(names)], np.int64)
 
     def prompt_ids(self, vocab: Vocab) -> list[list[int]]:
         """The prompts as ids; a character the model never saw is refused (prompts must be exact)."""
@@ -67,15 +99,28 @@ class SampleConfig:
 
     def to_dict(self) -> dict:
         return {"temperatures": list(self.temperatures), "n": self.n, "prompts": list(self.prompts),
-                "max_len": self.max_len, "seed": self.seed, "processors": [describe(p) for p in self.processors]}
+                "max_len": self.max_len, "seed": self.seed, "processors": [describe(p) for p in self.processors],
+                "classes": list(self.classes)}
 
 
 def sampling_config(temperatures: tuple[float, ...] | list[float], n: int = 1000, prompts: tuple[str, ...] = (),
-                    max_len: int = 128, seed: int = 0, **knobs: float) -> SampleConfig:
+                    max_len: int = 128, seed: int = 0, classes: tuple[str, ...] = (), **knobs: float) -> SampleConfig:
     """The config a command line describes: `knobs` as processors.KNOBS names them (top_k, top_p, min_p,
     presence_penalty, frequency_penalty, ...), each at its "off" value (0; 1 for top_p) leaving its control out;
     processors in processors.CHAIN's order."""
-    return SampleConfig(tuple(temperatures), n, tuple(prompts) or ("",), max_len, seed, from_knobs(**knobs))
+    return SampleConfig(tuple(temperatures), n, tuple(prompts) or ("",), max_len, seed, from_knobs(**knobs),
+                        tuple(classes))
+
+
+def parse_classes(text: str | None) -> tuple[str, ...]:
+    """'Sports,World' -> ('Sports', 'World'); None -> () (every class of a conditional model)."""
+    if text is None:
+        return ()
+    names = tuple(c.strip() for c in text.split(","))
+    if not all(names):
+        raise UsageError(f"{{classes}} {text!r} is not a comma-separated list of class names; e.g. {{classes}} "
+                         "Sports,World", "classes")
+    return names
 
 
 def parse_temperatures(text: str) -> tuple[float, ...]:

@@ -68,7 +68,7 @@ def compose(step: onnx.ModelProto, spec: contract.StepSpec, config: SampleConfig
                                              t.shape(spec, "batch", history, "prompt"))
 
     model.graph.input.extend(value_info(t, t.name) for t in [*carried, *constants]
-                             if t.name not in (contract.TOKEN, *spec.states))
+                             if t.name not in (contract.TOKEN, contract.CLASS, *spec.states))  # the step's own
     del model.graph.output[:]
     model.graph.output.extend(value_info(t, contract.out(t.name)) for t in carried)
     onnx.checker.check_model(model)

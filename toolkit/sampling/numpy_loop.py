@@ -17,13 +17,17 @@ from toolkit.sampling.tensors import Batch, Step, finish, forced_ids
 from toolkit.vocab import BOS, EOS
 
 
-def generate(step: Step, config: SampleConfig, rows: np.ndarray, prompt_ids: list[list[int]]) -> Batch:
-    """Sample the given global rows of `config` (row i: temperature config.row_temperatures, prompt cycling)."""
+def generate(step: Step, config: SampleConfig, rows: np.ndarray, prompt_ids: list[list[int]],
+             class_ids: np.ndarray | None = None) -> Batch:
+    """Sample the given global rows of `config` (row i: temperature config.row_temperatures, prompt cycling);
+    a class-conditional step is given `class_ids` (config.class_ids of the model's classes)."""
     rows = np.asarray(rows, np.int64)
     temperature = config.row_temperatures(rows).astype(np.float32)
     forced = forced_ids(prompt_ids, config.row_prompts(rows))
     key, counter = squares_key(config.seed), counters(rows)
-    tokens, state = np.full(rows.size, BOS, np.int64), step.initial_state(rows.size)
+    tokens = np.full(rows.size, BOS, np.int64)
+    state = step.initial_state(rows.size) if class_ids is None else \
+        step.initial_state(rows.size, class_ids[config.row_classes(rows)])
     ids = np.zeros((rows.size, config.max_len), np.int64)
     done, total = np.zeros(rows.size, bool), np.zeros(rows.size, np.float32)
     memory = None  # each processor's state, made at the first step (it needs the vocabulary's size)

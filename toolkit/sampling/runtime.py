@@ -68,7 +68,8 @@ def _check_graph(proto: onnx.ModelProto, spec: contract.StepSpec, path: Path) ->
 
     inputs = {v.name: dims(v) for v in proto.graph.input}
     outputs = {v.name: dims(v) for v in proto.graph.output}
-    expected = {contract.TOKEN: [None], **{s: [spec.layers, None, spec.units] for s in spec.states}}
+    expected = {contract.TOKEN: [None], **{s: [spec.layers, None, spec.units] for s in spec.states},
+                **({contract.CLASS: [None]} if spec.classes else {})}
     problems = [f"no input {name}" for name in expected if name not in inputs]
     problems += [f"an input {name} it does not describe" for name in inputs if name not in expected]
     problems += [f"no output {name}" for name in (contract.LOGITS, *map(contract.out, spec.states))
@@ -146,15 +147,23 @@ class OnnxStep:
         self.provider = self.session.get_providers()[0]
         self.outputs = [contract.LOGITS, *map(contract.out, self.spec.states)]
 
-    def initial_state(self, rows: int) -> tuple[np.ndarray, ...]:
-        return tuple(np.zeros((self.spec.layers, rows, self.spec.units), np.float32) for _ in self.spec.states)
+    def initial_state(self, rows: int, classes: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """Zeros; a conditional model's state ends with the rows' classes ([1, rows], "no class" by default)."""
+        state = tuple(np.zeros((self.spec.layers, rows, self.spec.units), np.float32) for _ in self.spec.states)
+        if not self.spec.classes:
+            return state
+        label = np.full(rows, self.spec.no_class, np.int64) if classes is None else np.asarray(classes, np.int64)
+        return (*state, label[None, :])
 
     def __call__(self, tokens: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple]:
+        feeds = {contract.TOKEN: np.ascontiguousarray(tokens, np.int64)}
+        if self.spec.classes:
+            *state, label = state
+            feeds[contract.CLASS] = np.ascontiguousarray(label[0])
         try:
-            logits, *new = self.session.run(self.outputs, {contract.TOKEN: np.ascontiguousarray(tokens, np.int64),
-                                                           **dict(zip(self.spec.states, state, strict=True))})
+            logits, *new = self.session.run(self.outputs, feeds | dict(zip(self.spec.states, state, strict=True)))
         except runtime_errors() as e:
             raise run_failed(self.model.path, e) from None
-        return logits, tuple(new)
+        return logits, (*new, label) if self.spec.classes else tuple(new)
 
     select = staticmethod(select_rows)

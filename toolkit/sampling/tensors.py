@@ -16,7 +16,8 @@ loop can keep them on the device and swap two sets of buffers:
 
 and inputs that only go in: per row for a whole chunk, `inverse_temperature` [rows, 1] float32, `temperature`
 [rows] float32 (only when a temperature is 0, for the greedy rows), `counter` [rows] uint64 (the uniforms' counter
-base) and, with prompts, `forced` [P + 1, rows] int64 (the prompt's id at each step, -1 where the row draws; the
+base), for a class-conditional model `class` [rows] int64 (the step's own input: contract.CLASS) and, with
+prompts, `forced` [P + 1, rows] int64 (the prompt's id at each step, -1 where the row draws; the
 last row is all -1); and for a block of K steps, `uniform` [K, rows] float32, made by draw.uniform_graph at the
 block's start, so that the random numbers cost a few kernels a block rather than some thirty a step.
 """
@@ -40,9 +41,10 @@ State = tuple[np.ndarray, ...]
 
 
 class Step(Protocol):
-    """One step of a recurrent model: (tokens [rows], state) -> (logits [rows, vocab], state)."""
+    """One step of a recurrent model: (tokens [rows], state) -> (logits [rows, vocab], state); a class-conditional
+    one is given its rows' classes with the initial state, and carries them at the end of it."""
 
-    def initial_state(self, rows: int) -> State: ...
+    def initial_state(self, rows: int, classes: np.ndarray | None = None) -> State: ...
     def __call__(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]: ...
     def select(self, state: State, rows: np.ndarray) -> State: ...
 
@@ -107,17 +109,18 @@ def carried(spec: contract.StepSpec, processors: tuple) -> list[Tensor]:
             Tensor(HISTORY, history_dtype(spec.vocab.size), ("history", "rows")), Tensor(STEP, np.dtype(np.int64), ())]
 
 
-def constants(temperatures: tuple[float, ...], prompts: tuple[str, ...]) -> list[Tensor]:
+def constants(temperatures: tuple[float, ...], prompts: tuple[str, ...], classes: bool = False) -> list[Tensor]:
     """The inputs that only go in: per row for a whole chunk, then the block's uniforms."""
     greedy = [Tensor(TEMPERATURE, np.dtype(np.float32), ("rows",))] if 0 in temperatures else []
     forced = [Tensor(FORCED, np.dtype(np.int64), ("prompt", "rows"))] if max(map(len, prompts)) else []
+    label = [Tensor(contract.CLASS, np.dtype(np.int64), ("rows",))] if classes else []
     return [Tensor(INVERSE, np.dtype(np.float32), ("rows", 1)), *greedy,
-            Tensor(COUNTER, np.dtype(np.uint64), ("rows",)), *forced,
+            Tensor(COUNTER, np.dtype(np.uint64), ("rows",)), *label, *forced,
             Tensor(UNIFORM, np.dtype(np.float32), ("history", "rows"))]
 
 
 def layout(spec: contract.StepSpec, temperatures: tuple[float, ...], prompts: tuple[str, ...],
            processors: tuple) -> tuple[list[Tensor], list[Tensor]]:
     """(carried, constants) of a composed step: the whole table, for the head and the loop that runs it."""
-    ins = constants(temperatures, prompts)
+    ins = constants(temperatures, prompts, bool(spec.classes))
     return carried(spec, processors), ins

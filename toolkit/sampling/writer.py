@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.files import UsageError, atomic_path, write_failed
-from toolkit.sampledir import COLUMNS, FORMATS
+from toolkit.sampledir import CLASS, FORMATS, columns
 from toolkit.sampling.config import SampleConfig
 from toolkit.sampling.tensors import Batch
 from toolkit.vocab import Vocab
@@ -24,17 +24,18 @@ def check_format(fmt: str) -> None:
 
 
 def table(rows: np.ndarray, batch: Batch, config: SampleConfig, vocab: Vocab):
-    """One chunk as an Arrow table with the columns of COLUMNS, built from arrays alone (no Python objects)."""
+    """One chunk as an Arrow table with sampledir's columns, built from arrays alone (no Python objects)."""
     import pyarrow as pa
 
     offsets, data = vocab.utf8_rows(batch.ids)
-    columns = {
+    values = {
         "sample_id": rows, "temperature": config.row_temperatures(rows),
+        CLASS: pa.array(config.classes or [""]).take(config.row_classes(rows)),
         "prompt": pa.array(config.prompts).take(config.row_prompts(rows)),
         "text": pa.StringArray.from_buffers(rows.size, pa.py_buffer(offsets), pa.py_buffer(data)),
         "length": np.count_nonzero(batch.ids, axis=1).astype(np.int32), "finished": batch.finished,
         "logprob": batch.logprob.astype(np.float64), "seed": np.full(rows.size, config.seed, np.uint64)}
-    return pa.table({name: columns[name] for name in COLUMNS})
+    return pa.table({name: values[name] for name in columns(bool(config.classes))})
 
 
 def _open(path: Path, fmt: str, schema):

@@ -1,0 +1,236 @@
+"""Class-conditional titles: a tiny model trained on a synthetic two-class corpus (class A's titles start with "a",
+class B's with "b"), exported, and sampled per class through the engine; the class as a per-row input from the
+data to the samples file, and every bad input refused in one line."""
+
+import json
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+from helpers import assert_usage_error, run_cli, step_model
+
+from exporters.onnx import export, max_logit_difference
+from toolkit.config import TrainConfig
+from toolkit.files import UsageError
+from toolkit.model import load_checkpoint
+from toolkit.sampledir import CLASS, Samples, columns
+from toolkit.sampling.batch import sample_batch
+from toolkit.sampling.config import SampleConfig, parse_classes
+from toolkit.sampling.engine import Engine
+from toolkit.sampling.numpy_loop import generate
+from toolkit.sampling.runtime import OnnxStep
+from toolkit.train import train
+from toolkit.vocab import Vocab
+
+WORDS = ["game", "talk", "vote", "news", "city", "price", "deal", "win", "team", "market"]
+
+
+def two_classes(path, rows=400, seed=0):
+    """An AG News-shaped CSV (class, title, description): class A's titles start with "a", B's with "b"."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for _ in range(rows):
+        label = str(rng.choice(["A", "B"]))
+        lines.append(f'"{label}","{label.lower()} {" ".join(rng.choice(WORDS, 3))}",""\n')
+    path.write_text("".join(lines))
+    return path
+
+
+def tiny(data, **changes):
+    settings = dict(data=str(data), units=32, embedding_dim=8, epochs=15, batch_size=16, lr=1e-2, condition="class")
+    return TrainConfig(**(settings | changes))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A conditional run (class fed at every step) and its export."""
+    root = tmp_path_factory.mktemp("conditional")
+    out = root / "run"
+    train(tiny(two_classes(root / "two.csv")), out, verbose=0, log=lambda _: None)
+    export(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sampled(run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("samples") / "s"
+    sample_batch(run / "model.onnx", out, SampleConfig((1.0,), n=200, max_len=30, classes=("A", "B", "any")),
+                 device="cpu")
+    return out
+
+
+def test_conditional_samples_start_with_their_class_letter_and_any_gives_both(sampled):
+    rows = pd.read_csv(sampled / "samples.csv", keep_default_na=False)
+    first = rows["text"].str[:1]
+    for label in ("A", "B"):
+        assert (first[rows[CLASS] == label] == label.lower()).mean() >= 0.95, label
+    unconditional = first[rows[CLASS] == "any"].value_counts(normalize=True)
+    assert unconditional.get("a", 0) >= 0.2 and unconditional.get("b", 0) >= 0.2
+
+
+def test_the_run_records_its_classes_and_validation_with_and_without_a_class(run):
+    facts = json.loads((run / "config.json").read_text())
+    assert facts["classes"] == ["A", "B"] and facts["config"]["condition"] == "class"
+    history = pd.read_csv(run / "history.csv")
+    # the class says which letter comes first: the model given it is surer than the model told "no class"
+    assert (history["val_bpc"] < history["val_bpc_any"]).iloc[-3:].all()
+
+
+def test_the_export_takes_a_class_per_row_and_matches_keras_for_every_class(run):
+    proto = onnx.load(run / "model.onnx")
+    assert "class" in [i.name for i in proto.graph.input]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["classes"]) == ["A", "B"]
+    vocab = Vocab.load(run / "vocab.json")
+    assert max_logit_difference(load_checkpoint(run), run / "model.onnx", vocab.size, classes=2) <= 1e-4
+    step = OnnxStep(run / "model.onnx", "cpu")
+    tokens = np.full(3, 1, np.int64)  # <bos>
+    logits = step(tokens, step.initial_state(3, np.array([0, 1, 2])))[0]
+    a, b = vocab.encode_known("a", "t")[0], vocab.encode_known("b", "t")[0]
+    assert logits[0, a] > logits[0, b] and logits[1, b] > logits[1, a]  # the class reaches the logits
+
+
+def test_each_row_equals_a_one_row_reference_and_batch_size_changes_nothing(run, tmp_path):
+    step = OnnxStep(run / "model.onnx", "cpu")
+    config = SampleConfig((0.5, 1.5), n=5, max_len=24, seed=3, classes=("B", "any", "A"))
+    ids = config.class_ids(step.spec.classes)
+    assert ids.tolist() == [1, 2, 0]
+    batch = Engine(step, config, sync_every=3).generate(np.arange(config.rows))
+    for row in range(config.rows):
+        ref = generate(step, config, np.array([row]), config.prompt_ids(step.spec.vocab), ids)
+        assert np.array_equal(batch.ids[row], ref.ids[0]), row
+    one = sample_batch(run / "model.onnx", tmp_path / "one", config, device="cpu", batch_size=1)
+    many = sample_batch(run / "model.onnx", tmp_path / "many", config, device="cpu", batch_size=7)
+    assert one.rows == many.rows == 30
+    assert (tmp_path / "one" / "samples.csv").read_bytes() == (tmp_path / "many" / "samples.csv").read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_samples_carry_a_class_column_and_run_json_the_classes(run, tmp_path, fmt):
+    out = tmp_path / "s"
+    config = SampleConfig((0.3, 1.0), n=4, max_len=20, classes=("B", "any"))
+    sample_batch(run / "model.onnx", out, config, device="cpu", fmt=fmt)
+    rows = pd.read_csv(out / "samples.csv", keep_default_na=False) if fmt == "csv" else \
+        pd.read_parquet(out / "samples.parquet")
+    assert tuple(rows.columns) == columns(classes=True)
+    assert rows[CLASS].tolist() == (["B"] * 4 + ["any"] * 4) * 2  # temperature-major, then class
+    assert rows["temperature"].tolist() == [0.3] * 8 + [1.0] * 8
+    assert json.loads((out / "run.json").read_text())["sampling"]["classes"] == ["B", "any"]
+    assert sum(b.num_rows for b in Samples(out).chunks()) == 16
+
+
+def test_a_conditional_model_samples_every_class_by_default(run, tmp_path):
+    sample_batch(run / "model.onnx", tmp_path / "s", SampleConfig((1.0,), n=3, max_len=10), device="cpu")
+    assert pd.read_csv(tmp_path / "s" / "samples.csv")[CLASS].tolist() == ["A"] * 3 + ["B"] * 3
+
+
+def test_an_edited_class_column_is_refused_by_its_reader(run, tmp_path):
+    out = tmp_path / "s"
+    sample_batch(run / "model.onnx", out, SampleConfig((1.0,), n=3, max_len=10), device="cpu")
+    text = (out / "samples.csv").read_text()
+    (out / "samples.csv").write_text(text.replace(',"B",', ',"A",', 1))
+    with pytest.raises(UsageError, match="row 3 has a class that run.json does not give it"):
+        list(Samples(out).chunks())
+
+
+def test_an_unconditional_model_samples_as_before_without_a_class_column(tmp_path):
+    model = step_model(tmp_path / "m.onnx")
+    sample_batch(model, tmp_path / "s", SampleConfig((1.0,), n=3, max_len=10), device="cpu")
+    assert tuple(pd.read_csv(tmp_path / "s" / "samples.csv").columns) == columns(classes=False)
+    assert json.loads((tmp_path / "s" / "run.json").read_text())["sampling"]["classes"] == []
+
+
+def test_a_class_the_model_lacks_is_refused_naming_the_models_classes(run, tmp_path):
+    result = run_cli("sample-batch", "--model", str(run / "model.onnx"), "--out", str(tmp_path / "s"),
+                     "--classes", "Sports,A")
+    assert_usage_error(result, "--classes", "(A, B)", "'Sports'")
+    assert not (tmp_path / "s").exists()
+
+
+def test_classes_on_an_unconditional_model_are_refused(tmp_path):
+    model = step_model(tmp_path / "m.onnx")
+    result = run_cli("sample-batch", "--model", str(model), "--out", str(tmp_path / "s"), "--classes", "A")
+    assert_usage_error(result, "--classes", "no classes", "--condition class")
+    assert not (tmp_path / "s").exists()
+
+
+def test_class_lists_are_parsed_and_bad_ones_refused():
+    assert parse_classes(None) == () and parse_classes("Sports, World") == ("Sports", "World")
+    with pytest.raises(UsageError, match="comma-separated"):
+        parse_classes("A,,B")
+    with pytest.raises(UsageError, match="distinct"):
+        SampleConfig(classes=("A", "A"))
+
+
+def test_condition_class_on_data_without_labels_is_refused_before_anything_is_written(tmp_path):
+    data = tmp_path / "titles.txt"
+    data.write_text("".join(f"title {i}\n" for i in range(50)))
+    result = run_cli("train", "--data", str(data), "--out", str(tmp_path / "run"), "--condition", "class",
+                     "--epochs", "1", "--units", "8")
+    assert_usage_error(result, "--condition", "no classes")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_label_column_with_too_many_values_is_not_a_set_of_classes(tmp_path):
+    data = tmp_path / "ids.csv"
+    data.write_text("".join(f'"{i}","title number {i}",""\n' for i in range(200)))
+    with pytest.raises(UsageError, match="more than 64 distinct labels"):
+        train(tiny(data, epochs=1), tmp_path / "run", verbose=0, log=lambda _: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_learned_its_class_through_the_state_is_refused_by_export(tmp_path):
+    out = tmp_path / "run"
+    train(tiny(two_classes(tmp_path / "two.csv", rows=60), epochs=1, condition_via="state"), out, verbose=0,
+          log=lambda _: None)
+    with pytest.raises(UsageError, match="condition_via input"):
+        export(out)
+    assert not (out / "model.onnx").exists()
+
+
+def test_resuming_on_data_with_other_classes_is_refused(tmp_path):
+    data, out = two_classes(tmp_path / "two.csv", rows=60), tmp_path / "run"
+    train(tiny(data, epochs=1), out, verbose=0, log=lambda _: None)
+    data.write_text(data.read_text().replace('"A"', '"X"'))
+    config = TrainConfig.from_dict(json.loads((out / "config.json").read_text())["config"])
+    with pytest.raises(UsageError, match="classes"):
+        train(config.replace(epochs=2), out, resume=True, verbose=0, log=lambda _: None)
+    assert len(pd.read_csv(out / "history.csv")) == 1
+
+
+def test_pipeline_checks_its_classes_before_training(tmp_path):
+    data = two_classes(tmp_path / "two.csv", rows=60)
+    for args, words in ((("--classes", "A"), ("--classes", "--condition class")),
+                        (("--condition", "class", "--classes", "Sports"), ("--classes", "(A, B)", "'Sports'")),
+                        (("--condition", "class", "--data", str(tmp_path / "t.txt")), ("--condition", "no classes"))):
+        (tmp_path / "t.txt").write_text("".join(f"title number {i}\n" for i in range(200)))
+        result = run_cli("pipeline", "--data", str(data), "--name", "x", "--epochs", "1", *args, cwd=tmp_path)
+        assert_usage_error(result, *words)
+        assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()
+
+
+def test_the_report_is_per_class_and_temperature_each_class_against_its_own_titles(run, tmp_path):
+    from eval.report import write_report
+    from toolkit import titles
+
+    out = tmp_path / "s"
+    config = SampleConfig((0.5, 1.0), n=40, max_len=30, classes=("B", "A", "any"))
+    sample_batch(run / "model.onnx", out, config, device="cpu")
+    write_report(out, name="mine")
+    table = pd.read_csv(out / "metrics.csv", keep_default_na=False)
+    assert table.columns[0] == "class"
+    assert list(zip(table["class"], table["group"], strict=True)) == [
+        (c, g) for c in ("B", "A", "any") for g in ("T=0.5", "T=1", "reference")]
+    held_out = titles.parse((out / titles.FILE).read_bytes(), "", "")
+    reference = table[table["group"] == "reference"].set_index("class")
+    for i, label in enumerate(held_out.classes):
+        assert reference.loc[label, "samples"] == held_out.val_labels.count(i)
+    assert reference.loc["any", "samples"] == len(held_out.val)
+    assert table["size"].nunique() == 1 and table["size"].iloc[0] <= min(held_out.val_labels.count(i) for i in (0, 1))
+    by_class = json.loads((out / "run.json").read_text())["reference_bpc_by_class"]
+    assert reference.loc["A", "bpc"] == pytest.approx(by_class["A"]) and by_class["A"] < reference.loc["any", "bpc"]
+    samples = table[table["group"] == "T=1"].set_index("class")["samples"]
+    assert samples.tolist() == [40, 40, 40]
+    page = (out / "report.html").read_text()
+    assert "<title>Samples: mine, by class</title>" in page and "class A: Samples" in page
