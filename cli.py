@@ -180,6 +180,9 @@ def sample_batch(
     classes: Annotated[str | None, _opt("A class-conditional model's classes to sample, comma-separated, --n each "
                                         "per temperature (any: no class).", "every class of a conditional model",
                                         "LIST")] = None,
+    guidance: Annotated[float, _opt("Classifier-free guidance of a conditional model: the logits without a class "
+                                    "plus W times (with the class minus without), 0 to 10; 1 is off.", 1.0,
+                                    "W")] = 1.0,
     seed: Annotated[int, _opt("Same seed, same samples, whatever --batch-size.", 0, "N")] = 0,
     device: Annotated[str, _opt("auto uses CUDA when it really works.", "auto", "auto|cuda|cpu")] = "auto",
     tf32: Annotated[bool, _flag("Allow TF32 matrix products on CUDA: faster, logits within ~1e-2 of CPU "
@@ -197,7 +200,7 @@ def sample_batch(
     config = sampling_config(parse_temperatures(temps), n, tuple(prompt or ()), max_len, seed,
                              parse_classes(classes), top_k=top_k,
                              top_p=top_p, min_p=min_p, presence_penalty=presence_penalty,
-                             frequency_penalty=frequency_penalty)
+                             frequency_penalty=frequency_penalty, guidance=guidance)
     if train_data is not None:
         check_source(train_data)  # before sampling, not after
     _sample(model, out, config, device=device, batch_size=batch_size, tf32=tf32, fmt=fmt,

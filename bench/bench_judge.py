@@ -5,9 +5,12 @@
    gets right is the baseline. Then `--n` samples per class at T = 1.0 from the exported conditional model: the
    rate at which the judge assigns a sample to the class it was asked for, and its ratio to the baseline (the goal:
    ≥ 0.90).
+   The same with classifier-free guidance at each weight of `--guidance` (W = 1 is no guidance), with the
+   samples' diversity (distinct word bigrams over all bigrams, per class) beside it.
 2. CPU sampling speed with classes (every class, `--n` each) against the same number of rows from `--plain` (an
-   unconditional model of the same size; default: the conditional model asked for no class), ROUNDS alternating
-   rounds; the ratio of characters per second (the goal: ≥ 0.95).
+   unconditional model of the same size; default: the conditional model asked for no class), and with guidance
+   (W = 2) against without, ROUNDS alternating rounds; the ratios of characters per second (the goals: with
+   classes ≥ 0.95 of without; guidance costing ≤ 2.2× a plain step, i.e. a ratio ≥ 0.45).
 
     pip install -e ".[bench]"
     python bench/bench_judge.py --run /tmp/condition/input --plain /tmp/condition/unconditional/model.onnx
@@ -28,8 +31,14 @@ sys.path.insert(0, str(ROOT))
 
 from toolkit import titles  # noqa: E402
 from toolkit.sampling.batch import sample_batch  # noqa: E402
-from toolkit.sampling.config import SampleConfig  # noqa: E402
+from toolkit.sampling.config import SampleConfig, sampling_config  # noqa: E402
 from toolkit.sampling.runtime import OnnxStep  # noqa: E402
+
+
+def distinct_2(texts: list[str]) -> float:
+    """Distinct word bigrams over all word bigrams (lower-cased)."""
+    pairs = [p for t in texts for p in zip(t.lower().split()[:-1], t.lower().split()[1:], strict=True)]
+    return len(set(pairs)) / len(pairs) if pairs else float("nan")
 
 
 def judge(train: list[str], labels: list[int]):
@@ -49,6 +58,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guidance", default="1,1.5,2,3", help="weights to measure, comma-separated")
     args = parser.parse_args()
     held = titles.parse((args.run / titles.FILE).read_bytes(), "reference.json.xz is", "retrain")
     keep = [i for i, k in enumerate(held.train_labels) if k >= 0]
@@ -58,35 +68,41 @@ def main() -> None:
     model = args.run / "model.onnx"
     step = OnnxStep(model, "cpu")
     classes = step.spec.classes
-    with tempfile.TemporaryDirectory() as tmp:
-        config = SampleConfig((1.0,), n=args.n, seed=args.seed, classes=classes)
-        sample_batch(model, Path(tmp) / "s", config, device="cpu")
-        import pandas as pd
+    print(f"judge on real held-out titles: {real:.3f} correct ({len(seen)} titles); their distinct-2 "
+          f"{distinct_2([t for t, _ in seen]):.3f}")
+    for weight in map(float, args.guidance.split(",")):
+        with tempfile.TemporaryDirectory() as tmp:
+            config = sampling_config((1.0,), n=args.n, seed=args.seed, classes=classes, guidance=weight)
+            sample_batch(model, Path(tmp) / "s", config, device="cpu")
+            import pandas as pd
 
-        rows = pd.read_csv(Path(tmp) / "s" / "samples.csv", keep_default_na=False)
-    asked = rows["class"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    predicted = clf.predict(rows["text"].tolist())
-    obeyed = float(np.mean(predicted == asked))
-    print(f"judge on real held-out titles: {real:.3f} correct ({len(seen)} titles)")
-    for i, c in enumerate(classes):
-        print(f"  samples asked for {c}: {np.mean(predicted[asked == i] == i):.3f} judged {c}")
-    print(f"samples judged as the class asked for: {obeyed:.3f}; ratio to real titles {obeyed / real:.3f} "
-          f"(goal >= 0.90)")
+            rows = pd.read_csv(Path(tmp) / "s" / "samples.csv", keep_default_na=False)
+        asked = rows["class"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+        predicted = clf.predict(rows["text"].tolist())
+        obeyed = float(np.mean(predicted == asked))
+        each = ", ".join(f"{c} {np.mean(predicted[asked == i] == i):.3f}" for i, c in enumerate(classes))
+        diversity = np.mean([distinct_2(rows["text"][asked == i].tolist()) for i in range(len(classes))])
+        print(f"W = {weight:g}: judged as asked {obeyed:.3f} ({each}); ratio to real titles {obeyed / real:.3f} "
+              f"(goal >= 0.90; with guidance >= 1.00); distinct-2 per class {diversity:.3f}", flush=True)
 
     plain = args.plain or model
     with_classes = SampleConfig((1.0,), n=args.n, seed=args.seed, classes=classes)
     without = SampleConfig((1.0,), n=args.n * len(classes), seed=args.seed,
                            classes=() if args.plain else ("any",))
-    ratios = []
+    guided = sampling_config((1.0,), n=args.n, seed=args.seed, classes=classes, guidance=2.0)
+    ratios, costs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             a = sample_batch(model, Path(tmp) / f"a{r}", with_classes, device="cpu")
             b = sample_batch(plain, Path(tmp) / f"b{r}", without, device="cpu")
+            c = sample_batch(model, Path(tmp) / f"c{r}", guided, device="cpu")
             ratios.append(a.chars_per_second / b.chars_per_second)
+            costs.append(a.chars_per_second / c.chars_per_second)
             print(f"  round {r + 1}: with classes {a.chars_per_second:,.0f} chars/s, without "
-                  f"{b.chars_per_second:,.0f} chars/s, ratio {ratios[-1]:.3f}", flush=True)
+                  f"{b.chars_per_second:,.0f}, guided {c.chars_per_second:,.0f}; with/without {ratios[-1]:.3f}, "
+                  f"guided step cost {costs[-1]:.2f}x", flush=True)
     print(f"sampling with classes / without: median {statistics.median(ratios):.3f} over {args.rounds} rounds "
-          f"(goal >= 0.95)")
+          f"(goal >= 0.95); a guided step costs {statistics.median(costs):.2f}x a plain one (goal <= 2.2)")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ from toolkit.files import UsageError
 from toolkit.model import load_checkpoint
 from toolkit.sampledir import CLASS, Samples, columns
 from toolkit.sampling.batch import sample_batch
-from toolkit.sampling.config import SampleConfig, parse_classes
+from toolkit.sampling.config import SampleConfig, parse_classes, sampling_config
 from toolkit.sampling.engine import Engine
 from toolkit.sampling.numpy_loop import generate
+from toolkit.sampling.processors import Ban, Guidance, InvalidParameter, Rows, Temperature, chain
 from toolkit.sampling.runtime import OnnxStep
 from toolkit.train import train
 from toolkit.vocab import Vocab
@@ -98,7 +99,7 @@ def test_each_row_equals_a_one_row_reference_and_batch_size_changes_nothing(run,
     assert ids.tolist() == [1, 2, 0]
     batch = Engine(step, config, sync_every=3).generate(np.arange(config.rows))
     for row in range(config.rows):
-        ref = generate(step, config, np.array([row]), config.prompt_ids(step.spec.vocab), ids)
+        ref = generate(step, config, np.array([row]), config.prompt_ids(step.spec.vocab), step.spec.classes)
         assert np.array_equal(batch.ids[row], ref.ids[0]), row
     one = sample_batch(run / "model.onnx", tmp_path / "one", config, device="cpu", batch_size=1)
     many = sample_batch(run / "model.onnx", tmp_path / "many", config, device="cpu", batch_size=7)
@@ -234,3 +235,50 @@ def test_the_report_is_per_class_and_temperature_each_class_against_its_own_titl
     assert samples.tolist() == [40, 40, 40]
     page = (out / "report.html").read_text()
     assert "<title>Samples: mine, by class</title>" in page and "class A: Samples" in page
+
+
+@pytest.mark.parametrize("weight", [0.0, 2.0])
+def test_guided_rows_equal_a_one_row_reference_whatever_the_batch_size(run, tmp_path, weight):
+    step = OnnxStep(run / "model.onnx", "cpu")
+    config = sampling_config((0.7, 1.3), n=4, max_len=24, seed=5, classes=("A", "B", "any"), guidance=weight,
+                             top_k=6, presence_penalty=0.4)
+    batch = Engine(step, config, sync_every=3, shrink=0.5).generate(np.arange(config.rows))
+    for row in range(config.rows):
+        ref = generate(step, config, np.array([row]), config.prompt_ids(step.spec.vocab), step.spec.classes)
+        assert np.array_equal(batch.ids[row], ref.ids[0]), row
+    sample_batch(run / "model.onnx", tmp_path / "one", config, device="cpu", batch_size=1)
+    sample_batch(run / "model.onnx", tmp_path / "many", config, device="cpu", batch_size=5)
+    assert (tmp_path / "one" / "samples.csv").read_bytes() == (tmp_path / "many" / "samples.csv").read_bytes()
+    plain = sampling_config((0.7, 1.3), n=4, max_len=24, seed=5, classes=("A", "B", "any"), top_k=6,
+                            presence_penalty=0.4)
+    unguided = Engine(step, plain).generate(np.arange(plain.rows))
+    assert not np.array_equal(batch.ids[:8], unguided.ids[:8])  # guidance changed the class rows
+    assert np.array_equal(batch.ids[8:12], unguided.ids[8:12])  # "any": with and without a class are the same
+
+
+def test_guidance_is_hugging_faces_rule_on_the_models_two_distributions(run):
+    """Sanchez et al. / HF's ClassifierFreeGuidanceLogitsProcessor: log_softmax(u) + W (log_softmax(c) -
+    log_softmax(u)), with c the model given the row's class and u the model told "no class"."""
+    step = OnnxStep(run / "model.onnx", "cpu")
+    tokens = np.full(3, 1, np.int64)  # <bos>
+    cond = step(tokens, step.initial_state(3, np.array([0, 1, 2])))[0].astype(np.float64)
+    uncond = step(tokens, step.initial_state(3, np.full(3, 2)))[0].astype(np.float64)
+
+    def log_softmax(x):
+        return x - x.max(axis=1, keepdims=True) - np.log(np.exp(x - x.max(axis=1, keepdims=True)).sum(1))[:, None]
+
+    for weight in (0.5, 1.5, 3.0):
+        expected = log_softmax(log_softmax(uncond) + weight * (log_softmax(cond) - log_softmax(uncond)))
+        found = Guidance(weight).numpy(cond.astype(np.float32), Rows(np.ones(3, np.float32),
+                                                                     unconditional=uncond.astype(np.float32)))
+        assert np.allclose(log_softmax(found.astype(np.float64)), expected, atol=1e-5)
+    assert chain((Guidance(2.0), Temperature()))[:2] == (Guidance(2.0), Ban())  # before the ban's -inf
+
+
+def test_guidance_on_an_unconditional_model_is_refused(tmp_path):
+    model = step_model(tmp_path / "m.onnx")
+    result = run_cli("sample-batch", "--model", str(model), "--out", str(tmp_path / "s"), "--guidance", "2")
+    assert_usage_error(result, "--guidance", "no classes")
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(InvalidParameter, match=r"guidance.*\[0, 10\]"):
+        sampling_config((1.0,), guidance=11)

@@ -12,7 +12,15 @@ import numpy as np
 from toolkit.files import UsageError
 from toolkit.sampledir import ANY, row_groups
 from toolkit.sampling.draw import MAX_ROWS, MAX_STEPS
-from toolkit.sampling.processors import MIN_TEMPERATURE, InvalidParameter, Processor, Temperature, describe, from_knobs
+from toolkit.sampling.processors import (
+    MIN_TEMPERATURE,
+    InvalidParameter,
+    Processor,
+    Temperature,
+    describe,
+    from_knobs,
+    guided,
+)
 from toolkit.vocab import Vocab
 
 MAX_TEMPERATURES = 1000
@@ -83,9 +91,11 @@ class SampleConfig:
     def class_ids(self, names: tuple[str, ...]) -> np.ndarray:
         """The model's id of each class asked for, given the model's class names (`ANY`: their number, "no class");
         no classes asked for: "no class" alone."""
-        if self.classes and not names:
-            raise UsageError("{classes} needs a class-conditional model, and this one has no classes; leave "
-                             "{classes} out, or sample a model trained with {condition} class", "classes", "condition")
+        for asked, name in ((self.classes, "classes"), (guided(self.processors), "guidance")):
+            if asked and not names:
+                raise UsageError(f"{{{name}}} needs a class-conditional model, and this one has no classes; leave "
+                                 f"{{{name}}} out, or sample a model trained with {{condition}} class", name,
+                                 "condition")
         unknown = [c for c in self.classes if c != ANY and c not in names]
         if unknown:
             raise InvalidParameter("classes", f"must name the model's classes ({', '.join(names)}) or {ANY}",

@@ -98,7 +98,7 @@ class Engine:
 
         self.ort, self.model, self.config, self.spec = ort, step.model, config, step.spec
         self.prompt_ids = config.prompt_ids(self.spec.vocab)
-        self.class_ids = config.class_ids(self.spec.classes) if self.spec.classes or config.classes else None
+        self.class_ids = config.class_ids(self.spec.classes)  # classes or guidance on a model without: refused
         self.device = "cuda" if step.provider == CUDA else "cpu"  # the provider that really started
         self.sync_every = SYNC_EVERY[self.device] if sync_every is None else sync_every  # 0 is refused, not a default
         self.shrink = SHRINKS[self.device] if shrink is None else shrink
@@ -237,8 +237,7 @@ class Engine:
         temperature = self.config.row_temperatures(rows).astype(np.float32)
         values = {INVERSE: inverse_temperature(temperature), TEMPERATURE: temperature, COUNTER: counters(rows),
                   FORCED: forced_ids(self.prompt_ids, self.config.row_prompts(rows))}
-        if self.class_ids is not None:
-            values[contract.CLASS] = self.class_ids[self.config.row_classes(rows)]
+        values[contract.CLASS] = self.class_ids[self.config.row_classes(rows)]  # used by a conditional model
         for name, value in values.items():
             if name in buf.consts:
                 buf.consts[name].update_inplace(np.ascontiguousarray(value))

@@ -23,6 +23,7 @@ from toolkit.sampling.tensors import (
     UNIFORM,
     Tensor,
     history_dtype,
+    twin,
 )
 from toolkit.vocab import EOS
 
@@ -36,7 +37,9 @@ def compose(step: onnx.ModelProto, spec: contract.StepSpec, config: SampleConfig
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     g = Graph(np.float32, opset, prefix="head_", vocab=spec.vocab.size)
     state = {s.name: s.name for s in processors.states(config.processors)}
-    rows = processors.Rows(TEMPERATURE, state, greedy=0 in config.temperatures, inverse=INVERSE)
+    unconditional = _add_twin(model, spec) if processors.guided(config.processors) else None
+    rows = processors.Rows(TEMPERATURE, state, greedy=0 in config.temperatures, inverse=INVERSE,
+                           unconditional=unconditional)
     x = processors.apply_onnx(config.processors, g, contract.LOGITS, rows)
     u = g.op("Gather", UNIFORM, g.op("Mod", STEP, g.const("block", history, np.int64)), axis=0)
     drawn = draw_onnx(g, x, u)
@@ -73,3 +76,31 @@ def compose(step: onnx.ModelProto, spec: contract.StepSpec, config: SampleConfig
     model.graph.output.extend(value_info(t, contract.out(t.name)) for t in carried)
     onnx.checker.check_model(model)
     return model
+
+
+def _add_twin(model: onnx.ModelProto, spec: contract.StepSpec) -> str:
+    """Add a second copy of the step's nodes to `model`: it reads the same token and weights, the twin state
+    (tensors.twin) and "no class", and gives the twin state's next value and the logits it returns (their name)."""
+    graph = model.graph
+    shared = {i.name for i in graph.initializer} | {contract.TOKEN, ""}
+    names = {contract.CLASS: "class_any", **{s: twin(s) for s in spec.states},
+             **{contract.out(s): contract.out(twin(s)) for s in spec.states}}
+
+    def rename(name: str) -> str:
+        return name if name in shared else names.get(name, name + "_any")
+
+    copies = []
+    for node in graph.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            raise ValueError(f"guidance cannot copy node {node.name!r}: it holds a subgraph")
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = f"{node.name}_any" if node.name else ""
+        copy.input[:] = [rename(i) for i in node.input]
+        copy.output[:] = [rename(o) for o in node.output]
+        copies.append(copy)
+    no_class = helper.make_node("ConstantOfShape", [names[contract.CLASS] + "_shape"], [names[contract.CLASS]],
+                                value=onnx.numpy_helper.from_array(np.array([spec.no_class], np.int64)))
+    shape = helper.make_node("Shape", [contract.TOKEN], [names[contract.CLASS] + "_shape"])
+    graph.node.extend([shape, no_class, *copies])
+    return rename(contract.LOGITS)

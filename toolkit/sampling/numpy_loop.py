@@ -18,26 +18,34 @@ from toolkit.vocab import BOS, EOS
 
 
 def generate(step: Step, config: SampleConfig, rows: np.ndarray, prompt_ids: list[list[int]],
-             class_ids: np.ndarray | None = None) -> Batch:
+             classes: tuple[str, ...] = ()) -> Batch:
     """Sample the given global rows of `config` (row i: temperature config.row_temperatures, prompt cycling);
-    a class-conditional step is given `class_ids` (config.class_ids of the model's classes)."""
+    a class-conditional step is given each row's class (`classes`: the model's class names). With guidance the
+    model also runs each row told "no class", from a second state."""
     rows = np.asarray(rows, np.int64)
     temperature = config.row_temperatures(rows).astype(np.float32)
     forced = forced_ids(prompt_ids, config.row_prompts(rows))
     key, counter = squares_key(config.seed), counters(rows)
     tokens = np.full(rows.size, BOS, np.int64)
-    state = step.initial_state(rows.size) if class_ids is None else \
-        step.initial_state(rows.size, class_ids[config.row_classes(rows)])
+    ids = config.class_ids(classes)  # classes or guidance asked of a model without classes: refused
+    state = step.initial_state(rows.size, ids[config.row_classes(rows)]) if classes else step.initial_state(rows.size)
+    twin = step.initial_state(rows.size, np.full(rows.size, len(classes))) if processors.guided(
+        config.processors) else None
+    unconditional = None
     ids = np.zeros((rows.size, config.max_len), np.int64)
     done, total = np.zeros(rows.size, bool), np.zeros(rows.size, np.float32)
     memory = None  # each processor's state, made at the first step (it needs the vocabulary's size)
     for t in range(config.max_len):
         logits, state = step(tokens, state)
         logits = np.asarray(logits, np.float32)
+        if twin is not None:
+            unconditional, twin = step(tokens, twin)
+            unconditional = np.asarray(unconditional, np.float32)
         if memory is None:
             memory = {s.name: np.zeros(s.shape(rows.size, logits.shape[1]), s.dtype)
                       for s in processors.states(config.processors)}
-        x = processors.apply(config.processors, logits, processors.Rows(temperature, memory))
+        x = processors.apply(config.processors, logits, processors.Rows(temperature, memory,
+                                                                         unconditional=unconditional))
         force = forced[min(t, forced.shape[0] - 1)]
         tokens = np.where(force >= 0, force, draw(x, uniforms(key, counter, t)))
         total = total + np.where(done, np.float32(0), log_prob(logits, tokens))

@@ -51,6 +51,7 @@ class Rows:
     state: dict[str, Any] = dataclasses.field(default_factory=dict)  # each stateful processor's state, by its name
     greedy: bool = True  # some row may have temperature 0 (False lets a graph leave out the greedy rows' nodes)
     inverse: Any = None  # ONNX only: [rows, 1] float32, inverse_temperature() of each row, computed once a chunk
+    unconditional: Any = None  # with Guidance: [rows, vocab] the logits the model gives each row told "no class"
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,36 @@ def _share(name: str, p: float) -> None:
     _number(name, p, 0, 1, "must lie in (0, 1]")
     if p == 0:
         raise InvalidParameter(name, "must lie in (0, 1]", p)
+
+
+@dataclass(frozen=True)
+class Guidance(Stateless):
+    """Classifier-free guidance (Sanchez et al. 2023, "Stay on topic with Classifier-Free Guidance"): the logits
+    `unconditional + weight * (conditional - unconditional)`, where `unconditional` is what the same model gives the
+    row told "no class" (a second model state per row, which the loops carry: `Rows.unconditional`). Weight 1 is the
+    conditional model itself (off); above 1 pushes away from what any class would give. Equal after the softmax to
+    Hugging Face's ClassifierFreeGuidanceLogitsProcessor, which mixes log-softmaxes (a constant per row apart). It
+    mixes the model's raw logits, so it runs first, before the ban (whose -inf would give inf - inf)."""
+
+    weight: float
+    knobs: ClassVar[dict[str, tuple[str, float]]] = {"guidance": ("weight", 1.0)}
+    before_ban: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _number("guidance", self.weight, 0, 10, "must lie in [0, 10] (1 is off)")
+
+    def numpy(self, x: np.ndarray, rows: Rows) -> np.ndarray:
+        u = rows.unconditional
+        return u + np.float32(self.weight) * (x - u)
+
+    def onnx(self, g: Graph, x: str, rows: Rows) -> str:
+        u = rows.unconditional
+        return g.op("Add", u, g.op("Mul", g.const("guidance", self.weight), g.op("Sub", x, u)))
+
+
+def guided(processors: tuple[Processor, ...]) -> bool:
+    """Whether the loops must run the model a second time per row, told "no class" (for Guidance)."""
+    return any(isinstance(p, Guidance) for p in processors)
 
 
 @dataclass(frozen=True)
@@ -271,9 +302,10 @@ class MinP(Stateless):
 
 # --- the chain ----------------------------------------------------------------------------------------------------
 
-# The controls a command line sets, in the order they apply (Hugging Face's: the penalties, the temperature, then
-# the filters). Each names its knobs: {knob: (its field, the value that turns it off)}; the temperature is always on.
-CHAIN: tuple[type, ...] = (RepetitionPenalty, Temperature, TopK, TopP, MinP)
+# The controls a command line sets, in the order they apply (Hugging Face's: guidance, the penalties, the
+# temperature, then the filters). Each names its knobs: {knob: (its field, the value that turns it off)}; the
+# temperature is always on.
+CHAIN: tuple[type, ...] = (Guidance, RepetitionPenalty, Temperature, TopK, TopP, MinP)
 KNOBS = {knob: cls for cls in CHAIN for knob in getattr(cls, "knobs", {})}
 
 
@@ -292,8 +324,10 @@ def from_knobs(**values: float) -> tuple[Processor, ...]:
 
 
 def chain(processors: tuple[Processor, ...]) -> tuple[Processor, ...]:
-    """What runs on a step's logits: the reserved-id ban first, then the config's processors."""
-    return (Ban(), *processors)
+    """What runs on a step's logits: the reserved-id ban first (after guidance, which mixes raw logits), then the
+    config's processors."""
+    first = tuple(p for p in processors if getattr(p, "before_ban", False))
+    return (*first, Ban(), *(p for p in processors if not getattr(p, "before_ban", False)))
 
 
 def states(processors: tuple[Processor, ...]) -> tuple[State, ...]:

@@ -8,6 +8,7 @@ loop can keep them on the device and swap two sets of buffers:
 | --- | --- | --- |
 | token | [rows] int64 | the id fed this step (<bos> first) |
 | h, c | [layers, rows, units] | the model's state (c for LSTM only) |
+| h_any, c_any | [layers, rows, units] | with guidance: the state of the row told "no class" (`twin`) |
 | a processor's state | [rows, ...] | e.g. the repetition penalty's `counts` [rows, vocab] (processors.State) |
 | done | [rows] bool | the row has emitted <eos> |
 | logprob | [rows] float32 | the model's log-probability of the row's text so far |
@@ -30,7 +31,7 @@ from typing import Protocol
 import numpy as np
 
 from toolkit.sampling import contract
-from toolkit.sampling.processors import states
+from toolkit.sampling.processors import guided, states
 from toolkit.vocab import EOS, PAD
 
 DONE, LOGPROB, HISTORY, STEP = "done", "logprob", "history", "step"
@@ -47,6 +48,11 @@ class Step(Protocol):
     def initial_state(self, rows: int, classes: np.ndarray | None = None) -> State: ...
     def __call__(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]: ...
     def select(self, state: State, rows: np.ndarray) -> State: ...
+
+
+def twin(state: str) -> str:
+    """The name of a state's twin: the same model's state for the row told "no class" (for guidance)."""
+    return state + "_any"
 
 
 def select_rows(state: State, rows: np.ndarray) -> State:
@@ -104,6 +110,8 @@ def carried(spec: contract.StepSpec, processors: tuple) -> list[Tensor]:
     processor's state, then the bookkeeping."""
     return [Tensor(contract.TOKEN, np.dtype(np.int64), ("rows",)),
             *(Tensor(s, np.dtype(np.float32), ("layers", "rows", "units")) for s in spec.states),
+            *(Tensor(twin(s), np.dtype(np.float32), ("layers", "rows", "units")) for s in spec.states
+              if guided(processors)),
             *(Tensor(s.name, np.dtype(s.dtype), ("rows", *s.dims)) for s in states(processors)),
             Tensor(DONE, np.dtype(bool), ("rows",)), Tensor(LOGPROB, np.dtype(np.float32), ("rows",)),
             Tensor(HISTORY, history_dtype(spec.vocab.size), ("history", "rows")), Tensor(STEP, np.dtype(np.int64), ())]
