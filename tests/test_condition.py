@@ -282,3 +282,14 @@ def test_guidance_on_an_unconditional_model_is_refused(tmp_path):
     assert not (tmp_path / "s").exists()
     with pytest.raises(InvalidParameter, match=r"guidance.*\[0, 10\]"):
         sampling_config((1.0,), guidance=11)
+
+
+@pytest.mark.parametrize("cell, layers, tie", [("gru", 1, False), ("lstm", 2, True)])
+def test_every_cell_depth_and_tying_exports_a_conditional_step_at_parity(tmp_path, cell, layers, tie):
+    out = tmp_path / "run"
+    train(tiny(two_classes(tmp_path / "two.csv", rows=60), epochs=1, units=16, cell=cell, layers=layers, tie=tie),
+          out, verbose=0, log=lambda _: None)
+    export(out)
+    assert json.loads((out / "model.verify.json").read_text())["max_abs_logit_diff"] <= 1e-4
+    sample_batch(out / "model.onnx", tmp_path / "s", SampleConfig((1.0,), n=2, max_len=8, classes=("B",)),
+                 device="cpu")
