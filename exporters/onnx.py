@@ -39,6 +39,9 @@ class Layer:
     recurrent_bias: np.ndarray | None  # GRU (reset_after): the bias inside r * (h @ U + b)
 
 
+JOINT_TABLE_BYTES = 64 << 20  # a conditional step joins its class and token tables up to this size
+
+
 @dataclass(frozen=True)
 class Weights:
     cell: str
@@ -46,7 +49,8 @@ class Weights:
     layers: list[Layer]
     head: tuple[np.ndarray, np.ndarray]  # Dense kernel [units, vocab], bias [vocab]
     classes: np.ndarray | None = None  # a conditional model's class vectors [classes + 1, dim] (the last: no class);
-    # the first layer's kernel then takes [the embedding, the class vector]
+    # the first layer's kernel then takes [the embedding, the class vector]. Exported as one input table indexed by
+    # (class, token), so that a conditional step costs what an unconditional one does (JOINT_TABLE_BYTES)
 
     @property
     def units(self) -> int:
@@ -158,9 +162,16 @@ def build_step_graph(w: Weights, metadata: dict[str, str], opset: int = DEFAULT_
     state = {k: b.boundary_in(k) for k in kinds}
     first = w.layers[0]
     dim = w.embedding.shape[1]
-    tables = b.by_gate("input_table", w.embedding @ first.kernel[:dim] + first.bias)  # embedding, projection, bias
-    x = {gate: g.op("Gather", table, contract.TOKEN, axis=0, name=f"input_{gate}") for gate, table in tables.items()}
-    if w.classes is not None:  # what each class adds to the first layer's gates: one more Gather
+    projected = w.embedding @ first.kernel[:dim] + first.bias  # embedding, projection, bias: [vocab, gates * units]
+    index = contract.TOKEN
+    if w.classes is not None and w.classes.shape[0] * projected.nbytes <= JOINT_TABLE_BYTES:
+        # (class, token) -> the first layer's input: one Gather, as cheap as an unconditional step's
+        projected = ((w.classes @ first.kernel[dim:])[:, None, :] + projected[None]).reshape(-1, projected.shape[1])
+        index = g.op("Add", g.op("Mul", contract.CLASS, g.const("vocab_size", len(w.embedding), np.int64)),
+                     contract.TOKEN)
+    tables = b.by_gate("input_table", projected)
+    x = {gate: g.op("Gather", table, index, axis=0, name=f"input_{gate}") for gate, table in tables.items()}
+    if w.classes is not None and index == contract.TOKEN:  # a table too large to join: what each class adds
         by_class = b.by_gate("class_table", w.classes @ first.kernel[dim:])
         x = {gate: g.op("Add", x[gate], g.op("Gather", by_class[gate], contract.CLASS, axis=0, name=f"class_{gate}"))
              for gate in b.gates}

@@ -293,3 +293,17 @@ def test_every_cell_depth_and_tying_exports_a_conditional_step_at_parity(tmp_pat
     assert json.loads((out / "model.verify.json").read_text())["max_abs_logit_diff"] <= 1e-4
     sample_batch(out / "model.onnx", tmp_path / "s", SampleConfig((1.0,), n=2, max_len=8, classes=("B",)),
                  device="cpu")
+
+
+def test_a_class_table_too_large_to_join_exports_as_two_gathers_with_the_same_logits(run, tmp_path, monkeypatch):
+    import exporters.onnx
+
+    monkeypatch.setattr(exporters.onnx, "JOINT_TABLE_BYTES", 0)
+    export(run, tmp_path / "split.onnx")
+    gathers = [n for n in onnx.load(tmp_path / "split.onnx").graph.node if n.op_type == "Gather"]
+    assert any("class" in n.input for n in gathers) and any("token" in n.input for n in gathers)
+    joint, split = OnnxStep(run / "model.onnx", "cpu"), OnnxStep(tmp_path / "split.onnx", "cpu")
+    tokens, classes = np.array([1, 5, 9, 1, 7, 3]), np.array([0, 1, 2, 2, 1, 0])
+    a, b = joint(tokens, joint.initial_state(6, classes))[0], split(tokens, split.initial_state(6, classes))[0]
+    assert np.abs(a - b).max() <= 1e-5
+    assert not any("class" in n.input for n in onnx.load(run / "model.onnx").graph.node if n.op_type == "Gather")
