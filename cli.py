@@ -85,8 +85,8 @@ def train(
                                      "RATE")] = None,
     seed: Annotated[int | None, _opt("Random seed, 0 to 2**32 - 1.", D.seed, "N")] = None,
     condition: Annotated[str | None, _opt("class: learn each title's class from the data's labels, so that "
-                                          "`sample-batch --classes` can ask for one.", D.condition,
-                                          "none|class")] = None,
+                                          "`sample-batch --classes` can ask for one; auto: class where the data "
+                                          "has labels.", D.condition, "none|class|auto")] = None,
     condition_via: Annotated[str | None, _opt("How the class reaches the model: added to every step's input (the "
                                               "one export supports) or made its initial state.", D.condition_via,
                                               "input|state")] = None,
@@ -266,8 +266,9 @@ def pipeline(
     layers: Annotated[int | None, _opt("Stacked recurrent layers.", D.layers, "N")] = None,
     units: Annotated[int | None, _opt("Units per recurrent layer.", D.units, "N")] = None,
     embedding_dim: Annotated[int | None, _opt("Embedding size; 0 for one-hot.", D.embedding_dim, "N")] = None,
-    condition: Annotated[str | None, _opt("class: learn each title's class, and sample each.", D.condition,
-                                          "none|class")] = None,
+    condition: Annotated[str | None, _opt("class: learn each title's class, and sample each; auto: class where the "
+                                          "data has labels (measured in docs/benchmarks.md).", "auto",
+                                          "none|class|auto")] = None,
     classes: Annotated[str | None, _opt("Classes to sample, as for `sample-batch --classes`.", "every class",
                                         "LIST")] = None,
     n: Annotated[int, _opt("Samples per temperature (and class).", 1000, "N", "--n")] = 1000,

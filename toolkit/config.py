@@ -13,7 +13,9 @@ from toolkit.files import UsageError, write_text
 from toolkit.rundir import CONFIG, check_out
 
 CELLS = ("lstm", "gru")
-CONDITIONS = ("none", "class")  # what the model is told besides the text: nothing, or each title's class
+# What the model is told besides the text: nothing, each title's class, or (auto) the class where the data has labels,
+# decided when training reads the data (the run's config.json records what was decided)
+CONDITIONS = ("none", "class", "auto")
 VIA = ("input", "state")  # how a class reaches the model: added to the first layer's input, or its initial state
 # Inclusive bounds of the integer options, generous for any GPU: an 8,192-unit LSTM layer is already 1 GiB of
 # recurrent weights (3 GiB with Adam's state). Past them sizes overflow TensorFlow's int32 shapes or any memory.
@@ -45,7 +47,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 3e-3  # peak: cosine decay to a tenth over the epochs
     seed: int = 0
-    condition: str = "none"  # none | class: learn p(text | class), the data's labels
+    condition: str = "none"  # none | class: learn p(text | class), the data's labels | auto: class if labelled
     condition_via: str = "input"  # input | state (see VIA; docs/benchmarks.md says why input is the default)
     label_dropout: float = 0.1  # share of training sequences shown "no class", so the model samples without one
 

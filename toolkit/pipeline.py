@@ -12,11 +12,12 @@ from pathlib import Path
 
 from toolkit import rundir, sampledir
 from toolkit.config import TrainConfig, resolve_config
-from toolkit.data import check_source
+from toolkit.data import TFDS_SCHEME, check_source
 from toolkit.files import UsageError
 from toolkit.sampling.runtime import check_device
 
 RUNS, REPORTS = Path("runs"), Path("reports")
+CONDITION = "auto"  # a new job learns the class where its data has labels (docs/benchmarks.md, issue 20)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -51,6 +52,8 @@ def plan(name: str, overrides: dict[str, object], *, device: str, resume: bool =
     run_dir, report_dir = root / RUNS / name, root / REPORTS / name
     check_device(device, start=True)
     sampledir.check_out(report_dir)
+    if not resume and overrides.get("condition") is None:
+        overrides = overrides | {"condition": CONDITION}  # the main job's default: docs/benchmarks.md
     config = resolve_config(run_dir, overrides, resume=resume, overwrite=overwrite)
     done = resume and _epochs(run_dir) >= config.epochs
     for source in (config.data, config.val_data, train_data):
@@ -58,6 +61,8 @@ def plan(name: str, overrides: dict[str, object], *, device: str, resume: bool =
             check_source(source)
     if config.condition == "class" or classes:
         _check_classes(config, classes)
+    elif config.condition == "auto" and not config.data.startswith(TFDS_SCHEME):  # decided now, not after a load
+        config = config.replace(condition="class" if _corpus(config).classes else "none")
     model = rundir.export_target(run_dir, None)
     fresh = (resume and model.is_file() and (run_dir / rundir.CHECKPOINTS["best"]).is_file()
              and model.stat().st_mtime >= (run_dir / rundir.CHECKPOINTS["best"]).stat().st_mtime)
@@ -66,16 +71,23 @@ def plan(name: str, overrides: dict[str, object], *, device: str, resume: bool =
 
 def _check_classes(config: TrainConfig, classes: tuple[str, ...]) -> None:
     """A conditional job's data has classes, and sampling asks for classes the data has."""
-    from toolkit.data import load_corpus
     from toolkit.sampling.config import SampleConfig
 
-    if config.condition != "class":
-        raise UsageError("{classes} needs a class-conditional model: add {condition} class", "classes", "condition")
-    corpus = load_corpus(config.data, config.field, config.val_fraction, config.val_data)
+    if config.condition == "none":
+        raise UsageError("{classes} needs a class-conditional model: leave out {condition} none", "classes",
+                         "condition")
+    corpus = _corpus(config)
     if not corpus.classes:
-        raise UsageError(f"{{condition}} class needs labelled data, and {config.data} has no classes; drop "
-                         "{condition} or pass labelled data", "condition")
+        asked = "condition" if config.condition == "class" else "classes"
+        raise UsageError(f"{{{asked}}} needs labelled data, and {config.data} has no classes; leave out {{{asked}}} "
+                         "or pass labelled data", asked)
     SampleConfig(classes=classes).class_ids(corpus.classes)
+
+
+def _corpus(config: TrainConfig):
+    from toolkit.data import load_corpus
+
+    return load_corpus(config.data, config.field, config.val_fraction, config.val_data)
 
 
 def _epochs(run_dir: Path) -> int:

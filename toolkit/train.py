@@ -201,6 +201,8 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, overwrite: bo
         check_resume(saved, config.to_dict())
         config = saved.replace(epochs=config.epochs)
     corpus = corpus or load_corpus(config.data, config.field, config.val_fraction, config.val_data)
+    if config.condition == "auto":
+        config = config.replace(condition="class" if corpus.classes else "none")
     if config.condition == "class" and not corpus.classes:
         raise UsageError(f"{{condition}} class needs labelled data, and {config.data} has no classes (a .txt, or a "
                          f"CSV with more than {MAX_CLASSES} distinct labels); train without {{condition}} or pass "
