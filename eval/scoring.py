@@ -113,16 +113,15 @@ def read(sample_dir: Path, train_data: str | None = None, name: str | None = Non
     by_class = sampledir.CLASS in samples.names
     streams: dict[str | None, Streams] = {}
     for batch in samples.chunks(("temperature", "text", "finished", "logprob", *([sampledir.CLASS] * by_class))):
-        texts = batch.column("text").to_pylist()
-        columns = (batch.column("temperature").to_numpy(), np.asarray(texts, object),
-                   batch.column("finished").to_numpy(zero_copy_only=False),
-                   batch.column("logprob").to_numpy() if logprob else None)
-        labels = np.asarray(batch.column(sampledir.CLASS).to_pylist(), object) if by_class else None
-        for label in dict.fromkeys(labels.tolist()) if by_class else [None]:  # in the file's order
-            rows = labels == label if by_class else slice(None)
+        temperature = batch.column("temperature").to_numpy()
+        texts = np.asarray(batch.column("text").to_pylist(), object)
+        finished = batch.column("finished").to_numpy(zero_copy_only=False)
+        logprobs = batch.column("logprob").to_numpy() if logprob else None
+        labels = np.asarray(batch.column(sampledir.CLASS).to_pylist() if by_class else [None] * len(texts), object)
+        for label in dict.fromkeys(labels.tolist()):  # in the file's order
+            rows = labels == label
             streams.setdefault(label, Streams(train, subset, seed)).add(
-                *(c if c is None else c[rows] for c in columns[:1]), columns[1][rows].tolist(),
-                *(c if c is None else c[rows] for c in columns[2:]))
+                temperature[rows], texts[rows].tolist(), finished[rows], None if logprobs is None else logprobs[rows])
     base = name or sample_dir.resolve().name
     reads = []
     for label, stream in streams.items():
