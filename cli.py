@@ -27,7 +27,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 D = TrainConfig()  # the defaults, shown in --help
 # The one table from the library's parameter names to flags, where a flag has another name than `--` + the name
 # (a library message names its parameters; the user sees the flags of the command that ran).
-FLAGS = {"temperatures": "--temps", "prompts": "--prompt", "fmt": "--format"}
+FLAGS = {"temperatures": "--temps", "prompts": "--prompt", "fmt": "--format", "min_length": "--min-len"}
 COMMAND_FLAGS = {"pipeline": {"out": "--name"}}  # pipeline's runs/NAME and reports/NAME are its `out`s
 
 
@@ -106,13 +106,15 @@ def train(
     _train(out, config, resume=resume, overwrite=overwrite)  # bad input fails fast
 
 
-def _train(out: Path, config: TrainConfig, *, resume: bool, overwrite: bool, again: str | None = None) -> None:
-    """Train (the checks done); `again` is the command that continues after Ctrl-C."""
+def _train(out: Path, config: TrainConfig, *, resume: bool, overwrite: bool, again: str | None = None,
+           corpus=None) -> None:
+    """Train (the checks done) on `corpus` (default: config.data loaded); `again` is the command that continues
+    after Ctrl-C."""
     from toolkit.data import TFDS_SCHEME, load_corpus
 
     if config.data.startswith(TFDS_SCHEME):  # TFDS loads TensorFlow: quietly, first
         _import_tensorflow()
-    corpus = load_corpus(config.data, config.field, config.val_fraction, config.val_data)
+    corpus = corpus or load_corpus(config.data, config.field, config.val_fraction, config.val_data)
     _import_tensorflow()
     from toolkit.train import Interrupted
     from toolkit.train import train as fit
@@ -177,6 +179,18 @@ def sample_batch(
                                             "drew, -2 to 2.", 0.0, "X")] = 0.0,
     frequency_penalty: Annotated[float, _opt("Subtract this times the number of times the sample drew a character, "
                                              "-2 to 2.", 0.0, "X")] = 0.0,
+    regex: Annotated[str | None, _opt("Only titles the whole of which match this regular expression (Python's "
+                                      "syntax; no word boundaries, backreferences or lookbehinds).",
+                                      metavar="PATTERN")] = None,
+    ban: Annotated[list[str] | None, _opt("Never a title that contains this string (repeatable).",
+                                          metavar="STRING")] = None,
+    ban_file: Annotated[Path | None, _opt("More strings to ban, one per line (UTF-8).", metavar="FILE")] = None,
+    stop: Annotated[list[str] | None, _opt("End the sample right after this string, which it keeps (repeatable).",
+                                           metavar="STRING")] = None,
+    min_len: Annotated[int, _opt("No end of title before N characters, prompt included; 0 is off.", 0, "N")] = 0,
+    logit_bias: Annotated[list[str] | None, _opt("Add X (-100 to 100) to the logit of the character CHAR, split at "
+                                                 "the last = (so '==2' biases '='); repeatable.",
+                                                 metavar="CHAR=X")] = None,
     classes: Annotated[str | None, _opt("A class-conditional model's classes to sample, comma-separated, --n each "
                                         "per temperature (any: no class).", "every class of a conditional model",
                                         "LIST")] = None,
@@ -200,11 +214,22 @@ def sample_batch(
     config = sampling_config(parse_temperatures(temps), n, tuple(prompt or ()), max_len, seed,
                              parse_classes(classes), top_k=top_k,
                              top_p=top_p, min_p=min_p, presence_penalty=presence_penalty,
-                             frequency_penalty=frequency_penalty, guidance=guidance)
+                             frequency_penalty=frequency_penalty, guidance=guidance,
+                             **_constraint(regex, ban, ban_file, stop, min_len, logit_bias))
     if train_data is not None:
         check_source(train_data)  # before sampling, not after
     _sample(model, out, config, device=device, batch_size=batch_size, tf32=tf32, fmt=fmt,
             report=_report_into(out, train_data) if report else None)
+
+
+def _constraint(regex: str | None, ban: list[str] | None, ban_file: Path | None, stop: list[str] | None,
+                min_len: int, logit_bias: list[str] | None) -> dict:
+    """The knobs of the title constraint and the logit bias (processors.Constraint, LogitBias) from their flags;
+    the ban file is read now, before anything else."""
+    from toolkit.sampling.config import parse_logit_bias, read_ban_file
+
+    return dict(regex=regex, ban=tuple(ban or ()) + (read_ban_file(ban_file) if ban_file is not None else ()),
+                stop=tuple(stop or ()), min_length=min_len, logit_bias=parse_logit_bias(logit_bias or ()))
 
 
 def _report_into(out: Path, train_data: str | None, announce: str | None = None):
@@ -273,6 +298,19 @@ def pipeline(
                                         "LIST")] = None,
     n: Annotated[int, _opt("Samples per temperature (and class).", 1000, "N", "--n")] = 1000,
     temps: Annotated[str, _opt("Temperatures, as for `sample-batch --temps`.", "0.3,1.0,1.8", "LIST")] = "0.3,1.0,1.8",
+    max_len: Annotated[int, _opt("Longest sample, in characters.", 128, "N")] = 128,
+    regex: Annotated[str | None, _opt("Only titles the whole of which match this regular expression (Python's "
+                                      "syntax; no word boundaries, backreferences or lookbehinds).",
+                                      metavar="PATTERN")] = None,
+    ban: Annotated[list[str] | None, _opt("Never a title that contains this string (repeatable).",
+                                          metavar="STRING")] = None,
+    ban_file: Annotated[Path | None, _opt("More strings to ban, one per line (UTF-8).", metavar="FILE")] = None,
+    stop: Annotated[list[str] | None, _opt("End the sample right after this string, which it keeps (repeatable).",
+                                           metavar="STRING")] = None,
+    min_len: Annotated[int, _opt("No end of title before N characters, prompt included; 0 is off.", 0, "N")] = 0,
+    logit_bias: Annotated[list[str] | None, _opt("Add X (-100 to 100) to the logit of the character CHAR, split at "
+                                                 "the last = (so '==2' biases '='); repeatable.",
+                                                 metavar="CHAR=X")] = None,
     seed: Annotated[int | None, _opt("Seed of training and sampling.", D.seed, "N")] = None,
     device: Annotated[str, _opt("Sampling device.", "auto", "auto|cuda|cpu")] = "auto",
     resume: Annotated[bool, _flag("Continue a job that stopped: training from its last epoch (or not at all, once "
@@ -287,14 +325,16 @@ def pipeline(
 
     flags = dict(data=data, field=field, epochs=epochs, cell=cell, layers=layers, units=units,
                  embedding_dim=embedding_dim, seed=seed, condition=condition)
-    sampling = dict(temperatures=parse_temperatures(temps), n=n, seed=seed or 0, classes=parse_classes(classes))
-    sampling_config(**sampling)  # bad sampling flags are refused before anything else
-    job = plan(name, flags, device=device, resume=resume, overwrite=overwrite, classes=sampling["classes"])
+    sampling = dict(temperatures=parse_temperatures(temps), n=n, seed=seed or 0, classes=parse_classes(classes),
+                    max_len=max_len, **_constraint(regex, ban, ban_file, stop, min_len, logit_bias))
+    early = sampling_config(**sampling)  # bad sampling flags are refused before anything else
+    job = plan(name, flags, device=device, resume=resume, overwrite=overwrite, classes=sampling["classes"],
+               sampling=early)  # a constraint against the vocabulary the model will have, before training
     config = sampling_config(**(sampling | {"seed": job.config.seed if seed is None else seed}))
     if job.train:
         typer.echo(f"[1/4] train -> {job.run_dir}")
         _train(job.run_dir, job.config, resume=resume, overwrite=overwrite,
-               again=f"python cli.py pipeline --name {name} --resume")
+               again=f"python cli.py pipeline --name {name} --resume", corpus=job.corpus)
     else:
         typer.echo(f"[1/4] train: {job.run_dir} has completed its {job.config.epochs} epochs")
     if job.export:

@@ -1,10 +1,10 @@
 """Does a class-conditional model obey its class, and what do classes cost in sampling? In one run:
 
-1. An independent judge (scikit-learn: TF-IDF over character 1–5-grams and logistic regression), trained on the
-   run's own training titles and labels (its reference.json.xz), classifies the real held-out titles: the rate it
-   gets right is the baseline. Then `--n` samples per class at T = 1.0 from the exported conditional model: the
-   rate at which the judge assigns a sample to the class it was asked for, and its ratio to the baseline (the goal:
-   ≥ 0.90).
+1. An independent judge (the report's, eval.usefulness.judge: TF-IDF over character 1–5-grams and logistic
+   regression), trained on the run's own training titles and labels (its reference.json.xz), classifies the real
+   held-out titles: the rate it gets right is the baseline. Then `--n` samples per class at T = 1.0 from the
+   exported conditional model: the rate at which the judge assigns a sample to the class it was asked for, and
+   its ratio to the baseline (the goal: ≥ 0.90).
    The same with classifier-free guidance at each weight of `--guidance` (W = 1 is no guidance), with the
    samples' diversity (distinct word bigrams over all bigrams, per class) beside it.
 2. CPU sampling speed with classes (every class, `--n` each) against the same number of rows from `--plain` (an
@@ -12,7 +12,7 @@
    (W = 2) against without, ROUNDS alternating rounds; the ratios of characters per second (the goals: with
    classes ≥ 0.95 of without; guidance costing ≤ 2.2× a plain step, i.e. a ratio ≥ 0.45).
 
-    pip install -e ".[bench]"
+    pip install -e .
     python bench/bench_judge.py --run /tmp/condition/input --plain /tmp/condition/unconditional/model.onnx
 """
 
@@ -29,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from eval.usefulness import judge  # noqa: E402
 from toolkit import titles  # noqa: E402
 from toolkit.sampling.batch import sample_batch  # noqa: E402
 from toolkit.sampling.config import SampleConfig, sampling_config  # noqa: E402
@@ -39,16 +40,6 @@ def distinct_2(texts: list[str]) -> float:
     """Distinct word bigrams over all word bigrams (lower-cased)."""
     pairs = [p for t in texts for p in zip(t.lower().split()[:-1], t.lower().split()[1:], strict=True)]
     return len(set(pairs)) / len(pairs) if pairs else float("nan")
-
-
-def judge(train: list[str], labels: list[int]):
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
-    model = make_pipeline(TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 5), sublinear_tf=True, min_df=2),
-                          LogisticRegression(max_iter=2000, C=4.0))
-    return model.fit(train, labels)
 
 
 def main() -> None:

@@ -11,10 +11,16 @@ Three measurements, each a ratio against a baseline measured in the same run (th
    (seconds and peak memory of a million-sample report).
 4. With `--sweep N`: 1,000 temperatures (0.01 to 10, the most --temps allows) of N samples each, sampled and
    reported once: what a sweep's report costs (its plots and sample tables are thinned to 12 temperatures).
+5. With `--useful MODEL` (a class-conditional model: the main job's): `--useful-n` samples per class at each of
+   0.3, 1.0 and 1.8, sampled (`sample-batch --no-report`, the baseline) and reported, alternately, ROUNDS times:
+   the report's seconds (the goal: <= 60 s for 4 classes x 3 temperatures x 1,000) and its ratio to sampling's,
+   and, in this process, the share of the report its usefulness figures take. Then the same with sampling seed 1:
+   MAUVE of every class at once at each temperature, and the recommended temperature under both seeds.
 `--baseline CHECKOUT` also times another checkout's `report` on the step-1 directory (e.g. main before this change).
 
     python bench/bench_report.py --model runs/notebook/model.onnx --n 20000
     python bench/bench_report.py --model runs/notebook/model.onnx --n 20000 --big 333334 --rounds 1
+    python bench/bench_report.py --model runs/notebook/model.onnx --n 1000 --rounds 1 --useful runs/agnews/model.onnx
 
 Each command runs as a user runs it; peak memory is the process's own maximum resident set size.
 """
@@ -83,7 +89,11 @@ def main() -> None:
     parser.add_argument("--big", type=int, help="also measure once at this many samples a temperature")
     parser.add_argument("--baseline", type=Path, help="another checkout whose report is timed on the same samples")
     parser.add_argument("--sweep", type=int, help="also measure 1,000 temperatures of this many samples each")
+    parser.add_argument("--useful", type=Path, help="a class-conditional model: time the usefulness figures")
+    parser.add_argument("--useful-n", type=int, default=1000, help="samples per class and temperature for --useful")
     args = parser.parse_args()
+    if args.useful:
+        useful(args.useful, args.useful_n, args.rounds)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "samples"
         sampling, reports = [], []
@@ -128,6 +138,48 @@ def main() -> None:
             r, rp = timed(ROOT, "report", str(sweep))
             print(f"1,000 temperatures x {args.sweep:,} samples: sample-batch --no-report {s:.1f} s, report {r:.1f} s "
                   f"at {rp:,.0f} MiB peak; report / sample-batch = {r / s:.2f}")
+
+
+def useful(model: Path, n: int, rounds: int) -> None:
+    """Step 5: the cost of a report with usefulness figures, their share of it, and their sanity across seeds."""
+    from eval.scoring import read, usefulness_of
+    from eval.usefulness import ALL, REAL
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "classes"
+        sampling, reports = [], []
+        for _ in range(rounds):
+            sampling.append(sample(model, out, n))
+            reports.append(timed(ROOT, "report", str(out)))
+        s, r = statistics.median(t for t, _ in sampling), statistics.median(t for t, _ in reports)
+        rows = len(pd.read_csv(out / "samples.csv", usecols=["temperature"]))
+        started = time.perf_counter()
+        reads = read(out)
+        read_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        usefulness_of(reads)
+        part = time.perf_counter() - started
+        print(f"--useful: {rows:,} samples ({n:,} per class and temperature): sample-batch --no-report {s:.2f} s, "
+              f"report {r:.2f} s (median of {rounds}; goal <= 60 s) at {max(p for _, p in reports):,.0f} MiB peak; "
+              f"report / sample-batch = {r / s:.2f}; the usefulness figures {part:.1f} s of it (reading the samples "
+              f"{read_seconds:.1f} s)")
+        picks = []
+        for seed in (0, 1):
+            where = Path(tmp) / f"seed{seed}"
+            timed(ROOT, "sample-batch", "--model", str(model), "--n", str(n), "--temps", TEMPS, "--out", str(where),
+                  "--seed", str(seed))
+            table = pd.read_csv(where / "usefulness.csv", keep_default_na=False)
+            pooled = table[(table["section"] == "mauve") & (table["figure"] == "mauve") & (table["class"] == ALL)]
+            tstr = table[(table["section"] == "tstr") & (table["figure"] == "accuracy")]
+            page = (where / "report.html").read_text(encoding="utf-8")
+            picks.append(page[page.index("Recommended: "):].split(",")[0])
+            print(f"seed {seed}: MAUVE, every class at once: " + ", ".join(
+                f"{'halves' if t == REAL else 'T=' + t} {v:.3f} ({lo:.3f}-{hi:.3f})"
+                for t, v, lo, hi in pooled[["temperature", "value", "lo", "hi"]].itertuples(index=False))
+                  + "; TSTR accuracy: " + ", ".join(f"{'TRTR' if t == REAL else 'T=' + t} {v:.3f}"
+                                                    for t, v in tstr[["temperature", "value"]].itertuples(index=False))
+                  + f"; {picks[-1]}")
+        print(f"the same recommendation under both seeds: {picks[0] == picks[1]}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from eval.metrics import BOOT_SUBSAMPLES, BOOTSTRAP, CONFIDENCE, CURVE, METRICS,
 from eval.novelty import NEAR_COPY_CAP, NEAR_COPY_THRESHOLD, TrainingTitles
 from eval.scoring import ScoredRun, length_histograms
 from eval.stream import EVERY
+from eval.usefulness import AUGMENT, REAL, SECTIONS, Usefulness, recommend
 from toolkit.sampledir import GENERATOR
 
 MAX_DETAILED = 12  # temperatures shown one by one (length panels, samples); more are thinned evenly
@@ -29,16 +30,21 @@ td small{display:block;color:#777;font-size:11px;white-space:nowrap}tr.reference
 .samples td:last-child,.samples th:last-child{text-align:right;font-family:inherit}.near{color:#b00;font-weight:600}
 dl{display:grid;grid-template-columns:max-content auto;gap:.15em 1em;font-size:90%}dt{font-family:monospace}
 dd{margin:0}.muted{color:#777}svg{max-width:100%;height:auto}figure{margin:.5em 0 1.5em}
-figcaption{color:#555;font-size:90%;max-width:60em}"""
+figcaption{color:#555;font-size:90%;max-width:60em}p.recommend{font-size:110%;background:#f3f8ef;padding:.5em .8em;
+border-left:4px solid #5a9a3a}"""
 
 
-def page(runs: list[ScoredRun], table: pd.DataFrame) -> str:
+def page(runs: list[ScoredRun], table: pd.DataFrame, useful: dict[str, Usefulness] | None = None) -> str:
     """The whole report of one run (`table` its metrics) or of several side by side (`table` with a `run` column);
     a conditional model's samples are one run per class (`table` with a `class` column), shown like a comparison
-    but with each class's samples."""
+    but with each class's samples. `useful`: per run (directory), its usefulness figures; the page opens with the
+    recommended temperature."""
     tables = {r.name: r.table for r in runs}
     by_class = len({r.read.directory for r in runs}) == 1 and runs[0].read.label is not None
-    body = [_summary_html(runs), _figure(plots.frontier(tables), FRONTIER_CAPTION), _tables_html(table),
+    useful = useful or {}
+    body = [*([_recommendation_html(useful), _summary_html(runs), _usefulness_html(useful)] if useful else
+              [_summary_html(runs)]),
+            _figure(plots.frontier(tables), FRONTIER_CAPTION), _tables_html(table),
             _figure(plots.trends(tables), TRENDS_CAPTION)]
     if len(runs) == 1:
         run = runs[0]
@@ -197,3 +203,115 @@ def _facts_html(runs: list[ScoredRun]) -> str:
     table = pd.DataFrame(facts).fillna("")
     note = "" if all(r.read.info for r in runs) else '<p class="muted">No run.json: only the samples are known.</p>'
     return f'<h2>Runs</h2>{note}<div class="facts">{table.to_html(border=0)}</div>'
+
+
+def recommendation(useful: dict[str, Usefulness]):
+    """The recommended temperature of one run, or across runs (each group named `RUN T=...`)."""
+    prefix = len(useful) > 1
+    return recommend([c for name, u in useful.items() for c in u.recommend(f"{name} " if prefix else "")])
+
+
+def _recommendation_html(useful: dict[str, Usefulness]) -> str:
+    best = recommendation(useful)
+    if best is None:
+        why = "; ".join(s for u in useful.values() for s in u.skipped) or "no figure to rank the temperatures by"
+        return f"<p class=recommend>No recommendation: {html.escape(why)}.</p>"
+    basis = ("TSTR: a classifier trained on each temperature's titles, tested on real held-out titles"
+             if best.figure.startswith("TSTR") else "MAUVE against real held-out titles")
+    return f"<p class=recommend><b>{html.escape(best.sentence())}</b> <span class=muted>By {basis}.</span></p>"
+
+
+def _group(temperature) -> str:
+    return "real" if temperature == REAL else f"T={float(temperature):g}"
+
+
+def _section_table(table: pd.DataFrame, section: str, figures: list[str], lead: list[str],
+                   names: dict[str, str] | None = None) -> str:
+    part = table[table["section"] == section]
+    if part.empty:
+        return ""
+    keys = [*lead, "temperature"]
+    head = "".join(f"<th class=label>{'group' if k == 'temperature' else k}</th>" for k in keys) + "".join(
+        f"<th>{f}</th>" for f in figures) + "<th>texts</th>"
+    rows = []
+    for key, rows_of in part.groupby(keys, sort=False):
+        cells = [f"<td class=label>{html.escape(_group(v) if k == 'temperature' else str(v))}</td>"
+                 for k, v in zip(keys, key, strict=True)]
+        if names and key[-1] in names:
+            cells[-1] = f"<td class=label>{html.escape(names[key[-1]])}</td>"
+        by_figure = {r.figure: r for r in rows_of.itertuples()}
+        cells += [_cell(by_figure[f].value, by_figure[f].lo, by_figure[f].hi) if f in by_figure else "<td>–</td>"
+                  for f in figures]
+        cells.append(f"<td>{int(rows_of['texts'].max()):,}</td>")
+        rows.append(f"<tr{' class=reference' if key[-1] == REAL else ''}>{''.join(cells)}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _fidelity_table(table: pd.DataFrame, lead: list[str]) -> str:
+    """Class fidelity as one row per class (and run): the judge's accuracy on real titles, then each temperature."""
+    part = table[table["section"] == "fidelity"]
+    if part.empty:
+        return ""
+    temperatures = [t for t in dict.fromkeys(part["temperature"]) if t != REAL]
+    head = "".join(f"<th class=label>{k}</th>" for k in [*lead, "class"]) + "<th>real titles</th>" + "".join(
+        f"<th>T={float(t):g}</th>" for t in temperatures)
+    rows = []
+    for key, group in part.groupby([*lead, "class"], sort=False):
+        cells = [f"<td class=label>{html.escape(str(v))}</td>" for v in key]
+        by_t = {r.temperature: r for r in group.itertuples()}
+        cells += [_cell(by_t[t].value, by_t[t].lo, by_t[t].hi) if t in by_t else "<td>–</td>"
+                  for t in [REAL, *temperatures]]
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _usefulness_html(useful: dict[str, Usefulness]) -> str:
+    """Class fidelity and its confusion matrices, TSTR and augmentation, MAUVE and precision/recall, and what was
+    skipped."""
+    many = len(useful) > 1
+    table = pd.concat([u.table.assign(run=name) for name, u in useful.items()], ignore_index=True)
+    lead = ["run"] * many
+    parts = ["<h2>Usefulness</h2>"]
+    fidelity = _fidelity_table(table, lead)
+    if fidelity:
+        parts.append(f"<h3>Class fidelity</h3><p class=muted>{html.escape(SECTIONS['fidelity'])}, with "
+                     f"{CONFIDENCE:.0%} Wilson intervals. The judge (TF-IDF over character 1-5-grams and logistic "
+                     "regression, trained on the run's training titles) never sees the generator; its accuracy on "
+                     "the real held-out titles of each class (the column `real titles`) is the ceiling.</p>"
+                     + fidelity)
+        matrices = []
+        for name, use in useful.items():
+            for t, matrix in use.confusion.items():
+                head = "<th class=label>asked \\ judged</th>" + "".join(
+                    f"<th>{html.escape(str(c))}</th>" for c in matrix.columns)
+                body = "".join(f"<tr><td class=label>{html.escape(str(asked))}</td>"
+                               + "".join(f"<td>{x:.0%}</td>" for x in row) + "</tr>"
+                               for asked, row in zip(matrix.index, matrix.to_numpy(), strict=True))
+                matrices.append(f"<div><h4>{html.escape(name + ' ' if many else '')}T={t:g}</h4><table><tr>{head}"
+                                f"</tr>{body}</table></div>")
+        parts.append("<p class=muted>Confusion: the share of each asked class's samples the judge assigns to each "
+                     f"class.</p><div class=tables>{''.join(matrices)}</div>")
+    tstr = _section_table(table, "tstr", ["accuracy", "macro_f1"], lead, {REAL: "real (TRTR)"})
+    if tstr:
+        parts.append(f"<h3>Train on synthetic, test on real</h3><p class=muted>{html.escape(SECTIONS['tstr'])}: "
+                     "the same classifier as the judge, trained on an equal number of titles of each class (the "
+                     "row `real (TRTR)`: as many real training titles), tested on every held-out title; "
+                     f"{CONFIDENCE:.0%} bootstrap intervals over the test titles.</p>" + tstr)
+        augment = _section_table(table, "augment", ["accuracy", "macro_f1"], lead,
+                                 {REAL: f"{AUGMENT:.0%} of the real titles alone"})
+        parts.append(f"<h4>Augmentation: {AUGMENT:.0%} of the real training titles, alone and with each "
+                     "temperature's titles</h4>" + augment)
+    mauve = _section_table(table, "mauve", ["mauve", "precision", "recall"], [*lead, "class"],
+                           {REAL: "reference"})
+    if mauve:
+        parts.append("<h3>MAUVE and precision/recall</h3><p class=muted>On TF-IDF character 1-4-gram features "
+                     "reduced by SVD (fitted on the training titles): MAUVE (Pillutla et al. 2021; 1 is "
+                     "indistinguishable from real titles) and k-nearest-neighbour precision (the share of samples "
+                     "that fall among real titles) and recall (the share of real titles the samples cover; "
+                     "Kynkäänniemi et al. 2019), each against one half of the held-out titles; the row `reference` "
+                     "compares the two halves: what chance gives at that size.</p>" + mauve)
+    skipped = [f"{html.escape(name + ': ' if many else '')}{html.escape(s)}" for name, u in useful.items()
+               for s in u.skipped]
+    if skipped:
+        parts.append("<p class=muted>Skipped: " + "; ".join(skipped) + ".</p>")
+    return "\n".join(parts)

@@ -80,16 +80,21 @@ class Sparse:
 @dataclass(frozen=True)
 class Columns:
     """Per text, what the streamed metrics read: length in characters, finished (0/1), the model's
-    log-probability (None when the samples have none) and whether the text is a training title (0/1)."""
+    log-probability (None when the samples have none), whether the text is a training title (0/1), and where the
+    run had a constraint (eval.constraints; None otherwise) whether it fullmatches its pattern and whether it holds
+    a banned string (0/1)."""
 
     length: np.ndarray
     finished: np.ndarray
     logprob: np.ndarray | None
     copy: np.ndarray
+    match: np.ndarray | None = None
+    banned: np.ndarray | None = None
 
     def take(self, rows: np.ndarray) -> Columns:
         return Columns(self.length[rows], self.finished[rows], None if self.logprob is None else self.logprob[rows],
-                       self.copy[rows])
+                       self.copy[rows], None if self.match is None else self.match[rows],
+                       None if self.banned is None else self.banned[rows])
 
 
 @dataclass(frozen=True)
@@ -408,6 +413,12 @@ REGISTRY: tuple[Metric, ...] = (
            REPETITION, bounded=False),
     Metric("finished_rate", "share of texts that ended with end-of-title rather than at the length limit", "streamed",
            lambda c: (c.finished, np.ones_like(c.finished)), REPETITION),
+    Metric("regex_match_rate", "share of the finished texts that fullmatch the run's --regex (Python's re as the "
+                               "judge; only where the run had one)", "streamed",
+           lambda c: None if c.match is None else (c.match * c.finished, c.finished), REPETITION),
+    Metric("banned_rate", "share of texts that contain one of the run's --ban strings (substring search as the "
+                          "judge; only where the run had them)", "streamed",
+           lambda c: None if c.banned is None else (c.banned, np.ones_like(c.banned)), REPETITION),
     Metric("bpc", "bits per character under the model (its raw distribution, end-of-title included); the reference "
                   "row is run.json's reference_bpc", "streamed",
            lambda c: None if c.logprob is None else (-c.logprob / math.log(2), c.length + c.finished), REPETITION,

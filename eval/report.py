@@ -1,6 +1,8 @@
-"""`report`: metrics.csv and a self-contained report.html for a sample directory, or for several runs side by side.
+"""`report`: metrics.csv, usefulness.csv and a self-contained report.html for a sample directory, or for several
+runs side by side.
 
-Reading and scoring are eval.scoring's, the page eval.html's; here, the writes. Everything is computed before
+Reading and scoring are eval.scoring's, the usefulness figures eval.usefulness's, the page eval.html's; here, the
+writes. Everything is computed before
 anything is written, each file is written atomically, and a metrics.csv or report.html that charlm did not write is
 never overwritten, so bad input leaves no half-written report and loses nothing of a user's.
 """
@@ -14,19 +16,19 @@ from pathlib import Path
 import pandas as pd
 
 from eval import html
-from eval.scoring import ScoredRun, read, score_read, scored_size
+from eval.scoring import ScoredRun, read, score_read, scored_size, usefulness_of
 from eval.stream import SUBSET
+from eval.usefulness import Usefulness
 from toolkit import sampledir
 from toolkit.files import UsageError, atomic_paths, clear_stale, exclusive
 
 
-def score(sample_dir: Path, train_data: str | None = None, name: str | None = None, size: int | None = None,
-          subset: int = SUBSET) -> list[ScoredRun]:
-    """Read a sample directory and compute its metrics table (groups scored at `size`, default the smallest):
-    one ScoredRun, or one per class, all at one size."""
-    reads = read(sample_dir, train_data, name, subset)
-    size = scored_size(reads, size)
-    return [score_read(r, size) for r in reads]
+def _usefulness_table(useful: dict[str, Usefulness]) -> pd.DataFrame:
+    """The runs' usefulness figures as one table, with a `run` column for a comparison."""
+    if len(useful) == 1:
+        return next(iter(useful.values())).table
+    return pd.concat([u.table.assign(run=name)[["run", *u.table.columns]] for name, u in useful.items()],
+                     ignore_index=True)
 
 
 def _table(runs: list[ScoredRun], by_run: bool) -> pd.DataFrame:
@@ -41,7 +43,8 @@ def _table(runs: list[ScoredRun], by_run: bool) -> pd.DataFrame:
 
 def write_report(sample_dir: Path, train_data: str | None = None, size: int | None = None,
                  subset: int = SUBSET, name: str | None = None) -> tuple[Path, Path]:
-    """Score one sample directory; writes metrics.csv and report.html into it and returns their paths. `name`
+    """Score one sample directory; writes metrics.csv, usefulness.csv and report.html into it and returns the
+    paths of metrics.csv and report.html. `name`
     titles the report (default: the directory's name; sample-batch gives its --out's, the report being written
     in the directory that will replace it).
 
@@ -53,15 +56,19 @@ def write_report(sample_dir: Path, train_data: str | None = None, size: int | No
     with exclusive(sample_dir):
         sampledir.check_report_dir(sample_dir)
         clear_stale(sample_dir)
-        runs = score(sample_dir, train_data, name, size=size, subset=subset)
+        reads = read(sample_dir, train_data, name, subset)
+        size = scored_size(reads, size)
+        runs = [score_read(r, size) for r in reads]
+        useful = {runs[0].read.source: usefulness_of(reads)}
         table = _table(runs, by_run=False)
-        return _write(sample_dir, table, html.page(runs, table))
+        return _write(sample_dir, table, _usefulness_table(useful), html.page(runs, table, useful))
 
 
 def write_comparison(sample_dirs: Sequence[Path], out: Path, train_data: str | None = None,
                      size: int | None = None, subset: int = SUBSET) -> tuple[Path, Path]:
-    """Score several sample directories at one common size; writes one metrics.csv (with a `run` column) and one
-    report.html whose tables and plots put the runs side by side into `out`, and returns their paths."""
+    """Score several sample directories at one common size; writes one metrics.csv and one usefulness.csv (with a
+    `run` column) and one report.html whose tables and plots put the runs side by side into `out`, and returns the
+    paths of metrics.csv and report.html."""
     dirs = [Path(d) for d in sample_dirs]
     if not dirs:
         raise UsageError("nothing to compare; pass one or more sample directories")
@@ -69,20 +76,23 @@ def write_comparison(sample_dirs: Sequence[Path], out: Path, train_data: str | N
     names = [d.resolve().name for d in dirs]
     if len(set(names)) < len(names):
         names = [str(d) for d in dirs]
-    reads = [r if r.label is None else dataclasses.replace(r, name=f"{name}/{r.label}")
-             for d, name in zip(dirs, names, strict=True) for r in read(d, train_data, name, subset)]
+    per_dir = {name: [r if r.label is None else dataclasses.replace(r, name=f"{name}/{r.label}")
+                      for r in read(d, train_data, name, subset)] for d, name in zip(dirs, names, strict=True)}
+    reads = [r for rs in per_dir.values() for r in rs]
     size = scored_size(reads, size)
     runs = [score_read(r, size) for r in reads]
+    useful = {name: usefulness_of(rs) for name, rs in per_dir.items()}
     table = _table(runs, by_run=True)
     with exclusive(out):
         sampledir.check_comparison_out(out, dirs)  # again: it may have changed meanwhile
         clear_stale(out)
-        return _write(out, table, html.page(runs, table))
+        return _write(out, table, _usefulness_table(useful), html.page(runs, table, useful))
 
 
-def _write(out: Path, table: pd.DataFrame, page: str) -> tuple[Path, Path]:
-    csv_path, html_path = out / sampledir.METRICS, out / sampledir.REPORT
-    with atomic_paths(csv_path, html_path) as (csv_tmp, html_tmp):  # both written, then both renamed
-        table.to_csv(csv_tmp, index=False)
+def _write(out: Path, table: pd.DataFrame, useful: pd.DataFrame, page: str) -> tuple[Path, Path]:
+    csv_path, useful_path, html_path = out / sampledir.METRICS, out / sampledir.USEFULNESS, out / sampledir.REPORT
+    with atomic_paths(csv_path, useful_path, html_path) as (csv_tmp, useful_tmp, html_tmp):  # all written, then
+        table.to_csv(csv_tmp, index=False)  # all renamed
+        useful.to_csv(useful_tmp, index=False)
         html_tmp.write_text(page, encoding="utf-8")
     return csv_path, html_path

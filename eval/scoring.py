@@ -14,16 +14,18 @@ from any folder, offline, with neither TensorFlow nor the corpus; `train_data` r
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from eval.constraints import Promises
 from eval.metrics import STREAMED, Group, normal_quantile, score
 from eval.novelty import TrainingTitles
 from eval.stream import SUBSET, GroupStream, Streams, reference_stream, text_hashes
+from eval.usefulness import SECTIONS, Usefulness, usefulness
 from toolkit import sampledir, titles
 from toolkit.config import TrainConfig
 from toolkit.data import load_corpus
@@ -45,6 +47,7 @@ class Read:
     reference: GroupStream
     train: TrainingTitles
     val: list[str]
+    real: titles.Titles  # the training titles novelty is measured against and every held-out title, with labels
     training: str  # where the training titles came from, for the reader
     logprob: bool
     subset: int
@@ -69,8 +72,9 @@ class ScoredRun:
         return self.read.name
 
 
-def training_titles(sample_dir: Path, info: dict, train_data: str | None) -> tuple[list[str], titles.Titles, str]:
-    """(training titles, the held-out titles with their labels where known, where the training titles came from).
+def training_titles(sample_dir: Path, info: dict, train_data: str | None) -> tuple[titles.Titles, str]:
+    """(the training titles and the held-out titles, with their labels where known; where the training titles came
+    from).
 
     From reference.json.xz; `train_data` replaces the training titles (its training split, by run.json's
     val_fraction), and gives the reference titles too where the directory has no reference.json.xz.
@@ -80,11 +84,14 @@ def training_titles(sample_dir: Path, info: dict, train_data: str | None) -> tup
         if reference is None:
             raise UsageError(f"{sample_dir} has no {titles.FILE}, so the training titles are unknown; pass "
                              "{train_data} (the data the model was trained on)", "train_data")
-        return reference.train, reference, f"{titles.FILE} ({len(reference.train):,} titles)"
+        return reference, f"{titles.FILE} ({len(reference.train):,} titles)"
     config = TrainConfig.from_dict(info.get("train_config", {}))
     corpus = load_corpus(train_data, "title", config.val_fraction, None)
     held_out = reference or titles.Titles([], corpus.val, corpus.classes, None, corpus.val_labels or None)
-    return corpus.train_titles, held_out, f"{train_data} ({len(corpus.train_titles):,} titles)"
+    labels = corpus.train_title_labels if corpus.classes and tuple(corpus.classes) == tuple(held_out.classes) else None
+    real = titles.Titles(corpus.train_titles, held_out.val, held_out.classes if labels else (), labels,
+                         held_out.val_labels if labels else None)
+    return real, f"{train_data} ({len(corpus.train_titles):,} titles)"
 
 
 def class_titles(held_out: titles.Titles, label: str) -> list[str]:
@@ -107,9 +114,10 @@ def read(sample_dir: Path, train_data: str | None = None, name: str | None = Non
     if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
         raise UsageError(f"{{subset}} must be a positive number of texts, not {subset!r}", "subset")
     samples = sampledir.Samples(sample_dir)  # checks the columns before the titles are read
-    train, held_out, training = training_titles(sample_dir, samples.info, train_data)
-    train = TrainingTitles(train)
+    held_out, training = training_titles(sample_dir, samples.info, train_data)
+    train = TrainingTitles(held_out.train)
     logprob = "logprob" in samples.names
+    promises = Promises.of(samples.info)
     by_class = sampledir.CLASS in samples.names
     streams: dict[str | None, Streams] = {}
     for batch in samples.chunks(("temperature", "text", "finished", "logprob", *([sampledir.CLASS] * by_class))):
@@ -120,15 +128,22 @@ def read(sample_dir: Path, train_data: str | None = None, name: str | None = Non
         labels = np.asarray(batch.column(sampledir.CLASS).to_pylist() if by_class else [None] * len(texts), object)
         for label in dict.fromkeys(labels.tolist()):  # in the file's order
             rows = labels == label
-            streams.setdefault(label, Streams(train, subset, seed)).add(
+            streams.setdefault(label, Streams(train, subset, seed, promises=promises)).add(
                 temperature[rows], texts[rows].tolist(), finished[rows], None if logprobs is None else logprobs[rows])
     base = name or sample_dir.resolve().name
     reads = []
     for label, stream in streams.items():
         val = held_out.val if label is None else class_titles(held_out, label)
         reads.append(Read(base if label is None else label, base, sample_dir, samples.info, label, stream.groups(),
-                          reference_stream(val, train, subset, seed), train, val, training, logprob, subset))
+                          reference_stream(val, train, subset, seed, promises), train, val, held_out, training, logprob,
+                          subset))
     return reads
+
+
+def usefulness_of(reads: list[Read], seed: int = 0, sections: Collection[str] = tuple(SECTIONS)) -> Usefulness:
+    """The usefulness figures (eval.usefulness) of one directory's Reads: its groups' subsets, judged."""
+    groups = {(r.label, s.temperature): s.texts for r in reads for s in r.streams}
+    return usefulness(groups, {r.label: r.val for r in reads}, reads[0].real, seed, sections)
 
 
 def score_read(run: Read, size: int | None = None, seed: int = 0) -> ScoredRun:

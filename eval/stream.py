@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from eval.constraints import Promises
 from eval.metrics import STREAMED, Columns, Sums
 from eval.novelty import TrainingTitles
 
@@ -105,10 +106,12 @@ class GroupStream:
 class Streams:
     """Feed chunks of samples with `add`; `groups()` gives each temperature's GroupStream in temperature order."""
 
-    def __init__(self, train: TrainingTitles, subset: int = SUBSET, seed: int = 0, logprob: bool = False):
+    def __init__(self, train: TrainingTitles, subset: int = SUBSET, seed: int = 0, logprob: bool = False,
+                 promises: Promises | None = None):
         if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
             raise ValueError(f"subset must be a positive integer, not {subset!r}")
         self.train, self.subset, self.seed, self.logprob = train, subset, seed, logprob
+        self.promises = promises
         self._groups: dict[float, GroupStream] = {}
         self._seen = 0
 
@@ -124,7 +127,8 @@ class Streams:
         columns = Columns(
             np.asarray(length if length is not None else [len(t) for t in texts], np.float64),
             np.asarray(finished, np.float64), None if logprob is None else np.asarray(logprob, np.float64),
-            np.fromiter((t.strip() in exact for t in texts), np.float64, len(texts)))
+            np.fromiter((t.strip() in exact for t in texts), np.float64, len(texts)),
+            *((None, None) if self.promises is None else (self.promises.match(texts), self.promises.banned(texts))))
         values, inverse = np.unique(temperature, return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(np.bincount(inverse, minlength=values.size))])
@@ -137,8 +141,10 @@ class Streams:
         return [self._groups[t].finish() for t in sorted(self._groups)]
 
 
-def reference_stream(val: list[str], train: TrainingTitles, subset: int, seed: int = 0) -> GroupStream:
-    """The held-out titles as a group: every title finished, no log-probabilities."""
-    streams = Streams(train, subset, seed)
+def reference_stream(val: list[str], train: TrainingTitles, subset: int, seed: int = 0,
+                     promises: Promises | None = None) -> GroupStream:
+    """The held-out titles as a group: every title finished, no log-probabilities; judged by the run's
+    constraint too, if it had one (how many real titles keep it)."""
+    streams = Streams(train, subset, seed, promises=promises)
     streams.add(np.zeros(len(val)), list(val), np.ones(len(val), bool), None)
     return streams.groups()[0] if val else GroupStream(math.nan, subset)

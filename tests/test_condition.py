@@ -323,3 +323,29 @@ def test_a_class_table_too_large_to_join_exports_as_two_gathers_with_the_same_lo
     a, b = joint(tokens, joint.initial_state(6, classes))[0], split(tokens, split.initial_state(6, classes))[0]
     assert np.abs(a - b).max() <= 1e-5
     assert not any("class" in n.input for n in onnx.load(run / "model.onnx").graph.node if n.op_type == "Gather")
+
+
+def test_the_report_judges_each_class_and_recommends_by_train_on_synthetic_test_on_real(sampled, tmp_path):
+    """The two-class corpus: the judge tells a title's class by its first letter, so a model that obeys its class
+    scores near the judge's ceiling, and classifiers trained on its samples do as well as those trained on real
+    titles; the samples asked for no class (`any`) are judged by nothing."""
+    import shutil
+
+    from eval.report import write_report
+    from eval.usefulness import MIN_TEXTS
+
+    out = shutil.copytree(sampled, tmp_path / "s")
+    write_report(out)
+    useful = pd.read_csv(out / "usefulness.csv", keep_default_na=False)
+    fidelity = useful[(useful["section"] == "fidelity") & (useful["figure"] == "fidelity")]
+    assert fidelity["class"].tolist() == ["A", "B"] and (fidelity["value"] >= 0.95).all()
+    assert (fidelity["texts"] == 200).all()
+    tstr = useful[(useful["section"] == "tstr") & (useful["figure"] == "accuracy")].set_index("temperature")
+    assert tstr.loc["1.0", "value"] >= tstr.loc["real", "value"] - 0.05 and tstr.loc["real", "value"] > 0.9
+    mauve = useful[(useful["section"] == "mauve") & (useful["figure"] == "mauve")]
+    assert {"any", "all"} == set(mauve["class"])  # each class holds about 20 held-out titles: too few to halve
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "MAUVE and precision/recall of A: " in page and f"fewer than {2 * MIN_TEXTS}" in page
+    assert "Recommended: T=1, the highest TSTR accuracy" in page
+    confusion = page[page.index("<h4>T=1</h4>"):]
+    assert confusion.index("<th class=label>asked \\ judged</th><th>A</th><th>B</th>") < confusion.index("</table>")

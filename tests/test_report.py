@@ -66,7 +66,7 @@ def test_report_writes_metrics_csv_and_a_self_contained_html(tmp_path):
     assert "<td>Oil prices fall agan</td><td>Oil prices fall again</td><td class=near>0.05</td>" in page
     assert re.findall(r'<script|<link|@import|(?:src|href)="(?!#)|url\((?!#)', page) == []  # nothing to fetch
     assert sorted(p.name for p in d.iterdir()) == ["metrics.csv", "reference.json.xz", "report.html", "run.json",
-                                                   "samples.csv"]
+                                                   "samples.csv", "usefulness.csv"]
 
 
 def test_sample_and_title_text_is_escaped_in_the_report(tmp_path):
@@ -341,15 +341,17 @@ def test_counts_cover_every_sample_and_the_rest_a_stated_subset(sampled, tmp_pat
     assert "subset of at most 10 texts a group" in page and "Counted over <b>every sample</b>: novelty" in page
 
 
-def test_a_report_never_overwrites_a_users_report_files(tmp_path):
-    """In a directory charlm did not make (samples from elsewhere), a metrics.csv or report.html of the user's
-    stays; one charlm wrote is replaced."""
+@pytest.mark.parametrize("name", ["metrics.csv", "usefulness.csv", "report.html"])
+def test_a_report_never_overwrites_a_users_report_files(tmp_path, name):
+    """In a directory charlm did not make (samples from elsewhere), a metrics.csv, usefulness.csv or report.html of
+    the user's stays; one charlm wrote is replaced."""
     d = make_run(tmp_path, run_json=False)
-    (d / "metrics.csv").write_text("my,own,figures\n1,2,3\n")
-    with pytest.raises(UsageError, match="metrics.csv that charlm did not write"):
+    (d / name).write_text("my,own,figures\n1,2,3\n")
+    with pytest.raises(UsageError, match=f"{name} that charlm did not write"):
         write_report(d)
-    assert (d / "metrics.csv").read_text() == "my,own,figures\n1,2,3\n" and not (d / "report.html").exists()
-    (d / "metrics.csv").unlink()
+    assert (d / name).read_text() == "my,own,figures\n1,2,3\n"
+    assert not any((d / other).exists() for other in ("metrics.csv", "usefulness.csv", "report.html") if other != name)
+    (d / name).unlink()
     write_report(d)
     write_report(d)  # its own files: replaced
 
@@ -357,6 +359,7 @@ def test_a_report_never_overwrites_a_users_report_files(tmp_path):
 @pytest.mark.parametrize("make, words", [
     (lambda o: (o.mkdir(), (o / "notes.txt").write_text("mine")), "files other than a comparison's"),
     (lambda o: (o.mkdir(), (o / "report.html").write_text("<html>mine</html>")), "report.html that charlm did not"),
+    (lambda o: (o.mkdir(), (o / "usefulness.csv").write_text("a,b\n")), "usefulness.csv that charlm did not"),
     (lambda o: o.write_text("a file"), "is a file")])
 def test_a_comparison_goes_only_where_it_loses_nothing(tmp_path, make, words):
     a, b = make_run(tmp_path, name="a"), make_run(tmp_path, name="b")
@@ -377,3 +380,31 @@ def test_many_temperatures_keep_the_page_and_its_figures_bounded(tmp_path):
     assert page.count("<h3>T=") == 12 and "Shown for 12 of the 200 temperatures" in page
     assert "(12 of 200 temperatures, evenly spaced)" in page
     assert len(pd.read_csv(d / "metrics.csv")) == 201
+
+
+def test_the_report_opens_with_a_recommendation_and_a_comparison_ranks_every_runs_temperatures(tmp_path):
+    """Without labels the recommendation is MAUVE's, and the labelled sections say why they are missing; across
+    runs, the best run's temperature is named."""
+    from toolkit.data import load_corpus
+
+    real = load_corpus("ag_news:test", "title", 0.1, None).train_titles
+    train, val, fresh = real[:600], real[600:800], real[800:1000]
+    runs = []
+    for name, samples in (("copies", {1.0: [fresh[0]] * 200}), ("fresh", {0.5: [fresh[0]] * 200, 1.0: fresh})):
+        d = make_run(tmp_path, samples, name=name, run_json=False, reference=False)
+        write_reference(d, train, val)
+        runs.append(d)
+    write_report(runs[1])
+    page = (runs[1] / "report.html").read_text(encoding="utf-8")
+    body = page[page.index("<body>"):]
+    assert body.index("Recommended: T=1, the highest MAUVE") < body.index("Counted over")  # the page opens with it
+    assert "Skipped: class fidelity, TSTR and augmentation: the titles the model was trained on have no labels" in page
+    useful = pd.read_csv(runs[1] / "usefulness.csv")
+    assert set(useful["section"]) == {"mauve"} and set(useful["class"]) == {"all"}
+    assert useful.columns.tolist() == ["section", "class", "temperature", "figure", "value", "lo", "hi", "texts"]
+    write_comparison(runs, tmp_path / "cmp")
+    page = (tmp_path / "cmp" / "report.html").read_text(encoding="utf-8")
+    assert "Recommended: fresh T=1, the highest MAUVE" in page
+    useful = pd.read_csv(tmp_path / "cmp" / "usefulness.csv")
+    assert useful.columns[0] == "run" and set(useful["run"]) == {"copies", "fresh"}
+    write_comparison(runs, tmp_path / "cmp")  # its own files: replaced

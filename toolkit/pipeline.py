@@ -7,14 +7,18 @@ No TensorFlow here: the plan is made, and bad input refused, before any loads.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from toolkit import rundir, sampledir
 from toolkit.config import TrainConfig, resolve_config
 from toolkit.data import TFDS_SCHEME, check_source
 from toolkit.files import UsageError
+from toolkit.sampling.config import SampleConfig
+from toolkit.sampling.processors import over_vocabulary
 from toolkit.sampling.runtime import check_device
+from toolkit.vocab import Vocab
 
 RUNS, REPORTS = Path("runs"), Path("reports")
 CONDITION = "auto"  # a new job learns the class where its data has labels (docs/benchmarks.md, issue 20)
@@ -37,6 +41,8 @@ class Plan:
     train: bool  # False: a resumed job whose training has completed its epochs
     resume: bool  # continue the run in run_dir
     export: bool  # False: a resumed job whose model.onnx is newer than its best checkpoint
+    # the training data (toolkit.data.Corpus) where the checks loaded it, so that training does not load it again
+    corpus: Any = field(default=None, compare=False, repr=False)
 
     @property
     def model(self) -> Path:
@@ -44,10 +50,12 @@ class Plan:
 
 
 def plan(name: str, overrides: dict[str, object], *, device: str, resume: bool = False, overwrite: bool = False,
-         train_data: str | None = None, root: Path = Path(), classes: tuple[str, ...] = ()) -> Plan:
+         train_data: str | None = None, root: Path = Path(), classes: tuple[str, ...] = (),
+         sampling: SampleConfig | None = None) -> Plan:
     """Check everything the four stages need, cheaply, and say which stages run. `overrides` are train's settings
-    (None: not given); `classes` those sampling asks for. Raises UsageError, naming the library's parameters (`out`
-    is runs/NAME and reports/NAME)."""
+    (None: not given); `classes` those sampling asks for; `sampling` the sampling config, whose title constraint and
+    logit bias are checked against the vocabulary the model will have (the run's, or the one training builds from
+    the data). Raises UsageError, naming the library's parameters (`out` is runs/NAME and reports/NAME)."""
     check_name(name)
     run_dir, report_dir = root / RUNS / name, root / REPORTS / name
     check_device(device, start=True)
@@ -59,20 +67,24 @@ def plan(name: str, overrides: dict[str, object], *, device: str, resume: bool =
     for source in (config.data, config.val_data, train_data):
         if source is not None and not (done and source != train_data):
             check_source(source)
+    corpus = None
     if config.condition == "class" or classes:
-        _check_classes(config, classes)
+        corpus = _check_classes(config, classes)
     elif config.condition == "auto" and not config.data.startswith(TFDS_SCHEME):  # decided now, not after a load
-        config = config.replace(condition="class" if _corpus(config).classes else "none")
+        corpus = _corpus(config)
+        config = config.replace(condition="class" if corpus.classes else "none")
+    if sampling is not None and over_vocabulary(sampling.processors):
+        vocab, corpus = _vocabulary(run_dir, config, corpus, resume)
+        sampling.bind(vocab)
     model = rundir.export_target(run_dir, None)
     fresh = (resume and model.is_file() and (run_dir / rundir.CHECKPOINTS["best"]).is_file()
              and model.stat().st_mtime >= (run_dir / rundir.CHECKPOINTS["best"]).stat().st_mtime)
-    return Plan(run_dir, report_dir, config, train=not done, resume=resume, export=not (done and fresh))
+    return Plan(run_dir, report_dir, config, train=not done, resume=resume, export=not (done and fresh),
+                corpus=corpus if not done else None)
 
 
-def _check_classes(config: TrainConfig, classes: tuple[str, ...]) -> None:
-    """A conditional job's data has classes, and sampling asks for classes the data has."""
-    from toolkit.sampling.config import SampleConfig
-
+def _check_classes(config: TrainConfig, classes: tuple[str, ...]):
+    """A conditional job's data has classes, and sampling asks for classes the data has; returns the data."""
     if config.condition == "none":
         raise UsageError("{classes} needs a class-conditional model: leave out {condition} none", "classes",
                          "condition")
@@ -82,6 +94,19 @@ def _check_classes(config: TrainConfig, classes: tuple[str, ...]) -> None:
         raise UsageError(f"{{{asked}}} needs labelled data, and {config.data} has no classes; leave out {{{asked}}} "
                          "or pass labelled data", asked)
     SampleConfig(classes=classes).class_ids(corpus.classes)
+    return corpus
+
+
+def _vocabulary(run_dir: Path, config: TrainConfig, corpus, resume: bool):
+    """The vocabulary the job's model will have, and the data where it was loaded for it: a resumed run's own,
+    else the one training builds from the training texts."""
+    if resume:
+        try:
+            return Vocab.load(run_dir / rundir.VOCAB), corpus
+        except (OSError, ValueError):  # no usable vocabulary saved: training will build it from the data
+            pass
+    corpus = corpus or _corpus(config)
+    return Vocab.build(corpus.train), corpus
 
 
 def _corpus(config: TrainConfig):

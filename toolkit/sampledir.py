@@ -39,13 +39,14 @@ from toolkit.files import (
 RUN_INFO = "run.json"
 SAMPLES = {"csv": "samples.csv", "parquet": "samples.parquet"}
 FORMATS = tuple(SAMPLES)
-METRICS, REPORT = "metrics.csv", "report.html"
+METRICS, USEFULNESS, REPORT = "metrics.csv", "usefulness.csv", "report.html"
+REPORT_FILES = (METRICS, USEFULNESS, REPORT)
 COLUMNS = ("sample_id", "temperature", "class", "prompt", "text", "length", "finished", "logprob", "seed")
 CLASS = "class"  # the column only samples of a class-conditional model have
 ANY = "any"  # the class name that asks a conditional model for no class
 REQUIRED = ("temperature", "text", "finished")  # what a report needs of a samples file made elsewhere
 TOOLKIT, LAYOUT = "charlm", 1  # run.json's marker: {"toolkit": "charlm", "layout": 1, ...}
-MADE_HERE = (RUN_INFO, *SAMPLES.values(), titles.FILE, METRICS, REPORT)
+MADE_HERE = (RUN_INFO, *SAMPLES.values(), titles.FILE, *REPORT_FILES)
 GENERATOR = '<meta name="generator" content="charlm">'  # in every report.html: how a later report knows it
 CHUNK_ROWS = 65_536  # rows a reader holds at once
 FIX = "rerun `cli.py sample-batch`"
@@ -159,7 +160,7 @@ def replace_whole(out: Path) -> Iterator[Path]:
 
 
 def _charlm_report(path: Path) -> bool:
-    """A metrics.csv or report.html that charlm wrote."""
+    """A metrics.csv, usefulness.csv or report.html that charlm wrote."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             head = f.read(4096)
@@ -167,15 +168,18 @@ def _charlm_report(path: Path) -> bool:
         return False
     if path.name == REPORT:
         return GENERATOR in head
-    return bool(re.match(r"(run,)?group,temperature,samples", head))
+    if path.name == USEFULNESS:
+        return bool(re.match(r"(run,)?section,class,temperature,figure", head))
+    return bool(re.match(r"(run,)?(class,)?group,temperature,samples", head))
 
 
 def check_report_dir(directory: Path) -> None:
-    """Refuse to overwrite a metrics.csv or report.html in `directory` that charlm did not write."""
+    """Refuse to overwrite a report file (metrics.csv, usefulness.csv, report.html) in `directory` that charlm did not
+    write."""
     directory = Path(directory)
     if is_sample_dir(directory):
         return
-    mine = [name for name in (METRICS, REPORT) if (directory / name).exists() and not _charlm_report(directory / name)]
+    mine = [name for name in REPORT_FILES if (directory / name).exists() and not _charlm_report(directory / name)]
     if mine:
         raise UsageError(f"{directory} holds a {mine[0]} that charlm did not write; move it out or choose another "
                          "directory")
@@ -193,7 +197,7 @@ def check_comparison_out(out: Path, compared: list[Path]) -> Path:
         if is_sample_dir(out):
             raise UsageError(f"{{out}} {out} holds samples, whose own report a comparison would replace; choose "
                              "another directory", "out")
-        other = [p.name for p in out.iterdir() if p.name not in (METRICS, REPORT) and not is_temporary(p.name)]
+        other = [p.name for p in out.iterdir() if p.name not in REPORT_FILES and not is_temporary(p.name)]
         if other:
             raise UsageError(f"{{out}} {out} holds files other than a comparison's ({', '.join(sorted(other)[:3])}); "
                              "choose an empty or new directory", "out")

@@ -92,6 +92,7 @@ def sample_batch(model: str | Path, out: str | Path, config: SampleConfig, *, de
     sampledir.check_out(out)  # before the model loads
     step = step or OnnxStep(model, device, tf32)
     config = with_classes(config, step.spec.classes)
+    config = config.bind(step.spec.vocab)  # the constraint over the model's characters, checked before any write
     reference = read_reference(step.spec) if step.spec.reference is not None else None  # damaged: refused now
     workers = 1 if step.provider == CUDA else cpu_cores()
     engines: queue.SimpleQueue[Engine] = queue.SimpleQueue()

@@ -1,11 +1,14 @@
 """Everything a sampling run needs, in one frozen dataclass: `sample_batch`, `generate`, `pipeline` and run.json
 all take or record this one object. A new control touches its processor (with its entry in processors.CHAIN), its
-test and one CLI option: nothing here."""
+test and one CLI option: nothing here. A control that names characters (the title constraint, the logit bias) is
+built over the model's vocabulary by `SampleConfig.bind`, once the model is loaded and before anything is written."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -15,12 +18,16 @@ from toolkit.sampling.draw import MAX_ROWS, MAX_STEPS
 from toolkit.sampling.processors import (
     MIN_TEMPERATURE,
     InvalidParameter,
+    MinP,
     Processor,
     Temperature,
+    TopK,
+    TopP,
     describe,
     from_knobs,
     guided,
 )
+from toolkit.sampling.processors import bind as bind_processors
 from toolkit.vocab import Vocab
 
 MAX_TEMPERATURES = 1000
@@ -64,6 +71,14 @@ class SampleConfig:
             raise InvalidParameter("prompts", f"must be shorter than max_len ({self.max_len})", long[0])
         if sum(isinstance(p, Temperature) for p in self.processors) != 1:
             raise InvalidParameter("processors", "must hold Temperature() exactly once", self.processors)
+        kept = [p.state.name for p in self.processors if getattr(p, "state", None) is not None]
+        if len(set(kept)) < len(kept):  # their states would share one tensor
+            raise InvalidParameter("processors", "must hold each processor with a state once (one Constraint: "
+                                   "combine its parts in it)", self.processors)
+        filters = [i for i, p in enumerate(self.processors) if isinstance(p, Temperature | TopK | TopP | MinP)]
+        if any(getattr(p, "before_filters", False) and i > filters[0] for i, p in enumerate(self.processors)):
+            raise InvalidParameter("processors", "must put a Constraint before Temperature and the filters (which "
+                                   "could leave a row only ids it disallows)", self.processors)
 
     @property
     def groups(self) -> int:
@@ -103,6 +118,18 @@ class SampleConfig:
         ids = {name: i for i, name in enumerate(names)} | {ANY: len(names)}
         return np.array([ids[c] for c in self.classes] or [len(names)], np.int64)
 
+    def bind(self, vocab: Vocab) -> SampleConfig:
+        """This config over a model's vocabulary: the processors that name characters built on its characters
+        (processors.bind), and each processor's `check` of this run passed: a constraint that no title within
+        max_len satisfies, or that a prompt breaks, is refused in one line. Call it once the model is loaded, before
+        anything is sampled or written."""
+        bound = bind_processors(self.processors, vocab)
+        config = self if bound == self.processors else dataclasses.replace(self, processors=bound)
+        for p in config.processors:
+            if hasattr(p, "check"):
+                p.check(self.max_len, self.prompts)
+        return config
+
     def prompt_ids(self, vocab: Vocab) -> list[list[int]]:
         """The prompts as ids; a character the model never saw is refused (prompts must be exact)."""
         return [vocab.encode_known(p, "prompt") for p in self.prompts]
@@ -114,10 +141,12 @@ class SampleConfig:
 
 
 def sampling_config(temperatures: tuple[float, ...] | list[float], n: int = 1000, prompts: tuple[str, ...] = (),
-                    max_len: int = 128, seed: int = 0, classes: tuple[str, ...] = (), **knobs: float) -> SampleConfig:
+                    max_len: int = 128, seed: int = 0, classes: tuple[str, ...] = (), **knobs: object) -> SampleConfig:
     """The config a command line describes: `knobs` as processors.KNOBS names them (top_k, top_p, min_p,
-    presence_penalty, frequency_penalty, ...), each at its "off" value (0; 1 for top_p) leaving its control out;
-    processors in processors.CHAIN's order."""
+    presence_penalty, frequency_penalty, regex, ban, min_length, stop, logit_bias, ...), each at its "off" value
+    (0; 1 for top_p; None or empty for the constraint's and the bias's) leaving its control out; processors in
+    processors.CHAIN's order. The constraint and the bias are checked here as far as they can be without a model
+    (a pattern that cannot be compiled, an amount out of range), and built over its vocabulary by `bind`."""
     return SampleConfig(tuple(temperatures), n, tuple(prompts) or ("",), max_len, seed, from_knobs(**knobs),
                         tuple(classes))
 
@@ -163,3 +192,41 @@ def parse_temperatures(text: str) -> tuple[float, ...]:
         raise UsageError("{temperatures} is empty; give at least one temperature, e.g. {temperatures} 1.0",
                          "temperatures")
     return tuple(temps)
+
+
+def parse_logit_bias(texts: tuple[str, ...] | list[str]) -> tuple[tuple[str, float], ...]:
+    """['a=2.5', '==-1', ',=3'] -> (('a', 2.5), ('=', -1.0), (',', 3.0)): each CHAR=X split at its last '=', so
+    that the character may be '=' (or ',': values are never split at commas)."""
+    pairs = []
+    for text in texts:
+        char, equals, amount = text.rpartition("=")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = None
+        if not equals or not char or value is None:
+            raise UsageError(f"{{logit_bias}} {text!r} is not CHAR=X (a character, '=', then a number from -100 to "
+                             "100); e.g. {logit_bias} 'a=-5' or {logit_bias} '==2'", "logit_bias")
+        pairs.append((char, value))
+    return tuple(pairs)
+
+
+def read_ban_file(path: str | Path) -> tuple[str, ...]:
+    """The strings a ban file lists: one per line, UTF-8 (a byte-order mark allowed); line ends are not part of a
+    string (spaces are), and empty lines are skipped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UsageError(f"{{ban_file}} {path} does not exist; pass a text file with one string to ban per line",
+                         "ban_file") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{{ban_file}} {path} is not UTF-8 text (byte {e.start:,} cannot be decoded); save it as "
+                         "UTF-8", "ban_file") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {{ban_file}} {path} ({e.strerror or e}); pass a readable text file",
+                         "ban_file") from None
+    strings = tuple(line.removesuffix("\r") for line in text.split("\n") if line.removesuffix("\r"))
+    if not strings:
+        raise UsageError(f"{{ban_file}} {path} lists no strings; write one string to ban per line", "ban_file")
+    return strings

@@ -24,7 +24,7 @@ from toolkit.sampling.config import SampleConfig
 from toolkit.sampling.draw import counters, uniform_graph
 from toolkit.sampling.graph import make_model
 from toolkit.sampling.head import compose
-from toolkit.sampling.processors import inverse_temperature
+from toolkit.sampling.processors import inverse_temperature, unbound
 from toolkit.sampling.runtime import CUDA, OnnxStep, run_failed, runtime_errors, session
 from toolkit.sampling.tensors import (
     COUNTER,
@@ -96,6 +96,8 @@ class Engine:
                  threads: int | None = None):
         import onnxruntime as ort
 
+        if unbound(config.processors, step.spec.vocab):  # a constraint or bias not yet over the model's characters
+            config = config.bind(step.spec.vocab)
         self.ort, self.model, self.config, self.spec = ort, step.model, config, step.spec
         self.prompt_ids = config.prompt_ids(self.spec.vocab)
         self.class_ids = config.class_ids(self.spec.classes)  # classes or guidance on a model without: refused

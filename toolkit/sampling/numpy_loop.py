@@ -14,14 +14,18 @@ from toolkit.sampling import processors
 from toolkit.sampling.config import SampleConfig
 from toolkit.sampling.draw import counters, draw, log_prob, squares_key, uniforms
 from toolkit.sampling.tensors import Batch, Step, finish, forced_ids
-from toolkit.vocab import BOS, EOS
+from toolkit.vocab import BOS, EOS, Vocab
 
 
 def generate(step: Step, config: SampleConfig, rows: np.ndarray, prompt_ids: list[list[int]],
-             classes: tuple[str, ...] = ()) -> Batch:
+             classes: tuple[str, ...] = (), vocab: Vocab | None = None) -> Batch:
     """Sample the given global rows of `config` (row i: temperature config.row_temperatures, prompt cycling);
     a class-conditional step is given each row's class (`classes`: the model's class names). With guidance the
-    model also runs each row told "no class", from a second state."""
+    model also runs each row told "no class", from a second state. A constraint or logit bias not yet built over
+    the model's characters is built over `vocab` (default: the step's own, `step.spec.vocab`) and checked."""
+    vocab = vocab or getattr(getattr(step, "spec", None), "vocab", None)
+    if vocab is not None and processors.unbound(config.processors, vocab):
+        config = config.bind(vocab)
     rows = np.asarray(rows, np.int64)
     temperature = config.row_temperatures(rows).astype(np.float32)
     forced = forced_ids(prompt_ids, config.row_prompts(rows))

@@ -14,13 +14,17 @@ reads it in `rows.state[name]` and updates it from each step's drawn ids in `acc
 
 Per-row values: only the temperature, because a report compares groups by temperature and a sweep of them runs
 as one batch. The other parameters hold for the whole run and fold into the graph as constants.
+
+Processors that name characters (the title constraint, the logit bias) are built over the model's vocabulary: a
+command line makes them without it (`chars` empty: checked, not yet usable), and `bind` builds them once the model
+is loaded, before anything is sampled or written (SampleConfig.bind, which also runs their `check`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
@@ -29,10 +33,12 @@ if TYPE_CHECKING:
     from toolkit.sampling.graph import Graph
 
 from toolkit.files import UsageError
-from toolkit.vocab import BOS, PAD, UNK
+from toolkit.vocab import BOS, PAD, SPECIALS, UNK, Vocab
 
 NEG_INF = np.float32(-np.inf)
 MIN_TEMPERATURE = 0.01  # below this float32 logits overflow; 0 (greedy) is the limit a user means
+MAX_LOGIT_BIAS = 100  # OpenAI's range: -100 all but bans a character, +100 all but forces it
+UNRECORDED = {"recorded": False}  # a field's metadata: not in run.json (what a run derives, e.g. the vocabulary)
 
 
 class InvalidParameter(UsageError):
@@ -98,8 +104,14 @@ class Stateless:
 
 
 def describe(processor: Processor) -> dict:
-    """A processor as run.json records it: its name and parameters."""
-    return {"name": type(processor).__name__, **dataclasses.asdict(processor)}
+    """A processor as run.json records it: its name and parameters (tuples as lists, as JSON gives them back), not
+    what it derives from the model (fields marked UNRECORDED)."""
+    def plain(value):
+        return [plain(v) for v in value] if isinstance(value, tuple | list) else value
+
+    return {"name": type(processor).__name__, **{f.name: plain(getattr(processor, f.name))
+                                                 for f in dataclasses.fields(processor)
+                                                 if f.metadata.get("recorded", True)}}
 
 
 def _number(name: str, value: object, low: float, high: float, requirement: str) -> None:
@@ -300,20 +312,221 @@ class MinP(Stateless):
         return g.op("Where", g.op("GreaterOrEqual", x, floor), x, g.const("neg_inf_min_p", NEG_INF))
 
 
+def _strings(name: str, value: object) -> tuple[str, ...]:
+    """A list of non-empty strings (`ban`, `stop`), as a tuple."""
+    if isinstance(value, str) or not isinstance(value, tuple | list) or not all(
+            isinstance(s, str) and s for s in value):
+        raise InvalidParameter(name, "must be a list of non-empty strings", value)
+    return tuple(value)
+
+
+class _OverVocabulary:
+    """What a processor built over the model's characters (`chars`, in id order) shares: made without them (a command
+    line knows no model yet) it checks its parameters and waits for `bind`."""
+
+    chars: tuple[str, ...]
+
+    @property
+    def vocab(self) -> Vocab:
+        return Vocab(self.chars)
+
+    def bind(self, vocab: Vocab):
+        """The processor over `vocab`'s characters (itself, if it is already)."""
+        return self if self.chars == vocab.chars else dataclasses.replace(self, chars=vocab.chars)
+
+    def _bound(self) -> None:
+        if not self.chars:
+            raise ValueError(f"{type(self).__name__} is not built over the model's vocabulary yet: bind(vocab) it "
+                             "(SampleConfig.bind does, and sample_batch, Engine and generate call that)")
+
+    def _width(self, vocab: int) -> None:
+        self._bound()
+        if vocab != len(SPECIALS) + len(self.chars):
+            raise ValueError(f"{type(self).__name__} was built over {len(SPECIALS) + len(self.chars)} ids, the logits "
+                             f"have {vocab}")
+
+
+@dataclass(frozen=True)
+class Constraint(_OverVocabulary):
+    """Sample only titles that fullmatch `regex`, contain none of `ban`, have at least `min_length` characters and
+    end right after a `stop` string if one occurs: logits of ids the row's automaton state disallows become -inf
+    (toolkit.sampling.automata builds the automaton: all the parts intersected into one). What is left is
+    renormalised by the draw: the constraint shapes each step's distribution, not the model's distribution over
+    whole titles conditioned on the constraint.
+
+    Its state is each row's automaton state, an int64 [rows] starting at 0. Unlike RepetitionPenalty's counts it
+    advances on every row's id, prompt ids included (`drew` is ignored), since the constraint is on the whole title;
+    after <eos> a row stays in its accepting state. `chars` is the vocabulary's characters, in id order, that the
+    automaton is built over (empty: not yet; see `bind`). A prompt must leave the automaton somewhere it can go on
+    from: see `check`. It must run before the temperature and the filters (`before_filters`), which would otherwise
+    leave a greedy row only disallowed ids."""
+
+    regex: str | None = None
+    ban: tuple[str, ...] = ()
+    min_length: int = 0
+    stop: tuple[str, ...] = ()
+    chars: tuple[str, ...] = field(default=(), repr=False, metadata=UNRECORDED)
+    state: ClassVar[State] = State("automaton", (), np.int64)
+    knobs: ClassVar[dict[str, tuple[str, object]]] = {"regex": ("regex", None), "ban": ("ban", ()),
+                                                      "min_length": ("min_length", 0), "stop": ("stop", ())}
+    before_filters: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        from toolkit.sampling import automata
+
+        object.__setattr__(self, "ban", _strings("ban", self.ban))
+        object.__setattr__(self, "stop", _strings("stop", self.stop))
+        object.__setattr__(self, "chars", tuple(self.chars))
+        if self.regex is not None:
+            if not isinstance(self.regex, str):
+                raise InvalidParameter("regex", "must be a regular expression", self.regex)
+            automata.regex_fsm(self.regex)  # what cannot be compiled is refused now, before any model loads
+        high = automata.MAX_STATES - 2
+        if isinstance(self.min_length, bool) or not isinstance(self.min_length, int) or not \
+                0 <= self.min_length <= high:
+            raise InvalidParameter("min_length", f"must be an integer from 0 to {high:,}", self.min_length)
+        if not self.chars:
+            return
+        parts = self._compile()
+        automaton = automata.intersect(*(a for _, _, a in parts)) if parts else \
+            automata.Automaton.anything(self.vocab)
+        object.__setattr__(self, "_parts", parts)
+        object.__setattr__(self, "automaton", automaton)
+        object.__setattr__(self, "_next", np.ascontiguousarray(automaton.next))
+
+    @classmethod
+    def build(cls, vocab: Vocab, regex: str | None = None, ban=(), min_length: int = 0, stop=()) -> Constraint:
+        """The constraint over `vocab`'s characters (lists of strings are taken as tuples)."""
+        return cls(regex, ban, min_length, stop, vocab.chars)
+
+    def parts(self) -> list[tuple[str, str, Any]]:
+        """(what, its parameter, automaton) of each part that is set."""
+        self._bound()
+        return list(self._parts)
+
+    def _compile(self) -> list[tuple[str, str, Any]]:
+        from toolkit.sampling.automata import Automaton
+
+        vocab, parts = self.vocab, []
+        if self.regex is not None:
+            parts.append((f"{{regex}} {self.regex!r}", "regex", Automaton.from_regex(self.regex, vocab)))
+        if self.ban:
+            parts.append(("{ban}", "ban", Automaton.from_banned(self.ban, vocab)))
+        if self.min_length:
+            parts.append((f"{{min_length}} {self.min_length}", "min_length",
+                          Automaton.min_length(self.min_length, vocab)))
+        if self.stop:
+            parts.append(("{stop}", "stop", Automaton.stop(self.stop, vocab)))
+        return parts
+
+    def check(self, max_len: int, prompts: tuple[str, ...] = ("",)) -> None:
+        """Refuse a constraint that allows no title (naming the part to blame), none within `max_len` characters,
+        or a prompt it cannot extend."""
+        from toolkit.sampling.automata import prompt_state
+
+        parts = self.parts()
+        names = tuple(param for _, param, _ in parts)
+        for what, param, automaton in parts:
+            automaton.check(max_len, what, (param,))
+        together = " and ".join(f"{{{p}}}" for p in names)
+        self.automaton.check(max_len, f"{together} together" if len(parts) > 1 else "the title constraint", names)
+        for prompt in prompts:
+            prompt_state(self.automaton, self.vocab.encode_known(prompt, "prompt"), max_len, prompt)
+
+    def numpy(self, x: np.ndarray, rows: Rows) -> np.ndarray:
+        self._width(x.shape[1])
+        return x + self.automaton.mask[rows.state[self.state.name]]
+
+    def onnx(self, g: Graph, x: str, rows: Rows) -> str:
+        self._width(g.vocab)
+        mask = g.const("constraint_mask", self.automaton.mask, np.float32)
+        return g.op("Add", x, g.op("Gather", mask, rows.state[self.state.name], axis=0))
+
+    def accept(self, state: np.ndarray, ids: np.ndarray, drew: np.ndarray) -> np.ndarray:
+        self._bound()
+        return self._next[state, ids].astype(np.int64)
+
+    def accept_onnx(self, g: Graph, state: str, ids: str, drew: str | None) -> str:
+        self._bound()
+        table = g.const("constraint_next", self._next.ravel(), np.int32)
+        index = g.op("Add", g.op("Mul", state, g.const("constraint_width", self._next.shape[1], np.int64)), ids)
+        return g.op("Cast", g.op("Gather", table, index, axis=0), to=7)
+
+
+@dataclass(frozen=True)
+class LogitBias(_OverVocabulary, Stateless):
+    """Add a fixed amount to the logits of chosen characters: OpenAI's `logit_bias`, by character. `bias` holds
+    (character, amount) pairs, each amount in [-100, 100] (a mapping is taken as its pairs); -100 all but bans the
+    character, +100 all but forces it wherever it is allowed. It runs right after the constraint, so it never
+    brings back an id the constraint removed (-inf plus any amount stays -inf)."""
+
+    bias: tuple[tuple[str, float], ...] = ()
+    chars: tuple[str, ...] = field(default=(), repr=False, metadata=UNRECORDED)
+    knobs: ClassVar[dict[str, tuple[str, object]]] = {"logit_bias": ("bias", ())}
+
+    def __post_init__(self) -> None:
+        pairs = tuple(self.bias.items()) if isinstance(self.bias, dict) else self.bias
+        if isinstance(pairs, str) or not isinstance(pairs, tuple | list) or not all(
+                isinstance(p, tuple | list) and len(p) == 2 for p in pairs):
+            raise InvalidParameter("logit_bias", "must be (character, amount) pairs", self.bias)
+        seen: set[str] = set()
+        for ch, amount in pairs:
+            if not isinstance(ch, str) or len(ch) != 1:
+                raise InvalidParameter("logit_bias", "must name single characters", ch)
+            if ch in seen:
+                raise InvalidParameter("logit_bias", "must name each character once", ch)
+            seen.add(ch)
+            _number("logit_bias", amount, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS,
+                    f"for {ch!r} must lie in [-{MAX_LOGIT_BIAS}, {MAX_LOGIT_BIAS}]")
+        object.__setattr__(self, "bias", tuple((ch, float(amount)) for ch, amount in pairs))
+        object.__setattr__(self, "chars", tuple(self.chars))
+        if not self.chars:
+            return
+        index = self.vocab.index
+        unknown = [ch for ch, _ in self.bias if ch not in index]
+        if unknown:
+            shown = "".join(self.chars)
+            shown = shown if len(shown) <= 80 else shown[:80] + "..."
+            raise UsageError(f"{{logit_bias}} names {unknown[0]!r}, which is not in the model's vocabulary "
+                             f"({len(self.chars)} characters: {shown!r}); bias only characters the model can draw",
+                             "logit_bias")
+        vector = np.zeros(len(SPECIALS) + len(self.chars), np.float32)
+        for ch, amount in self.bias:
+            vector[index[ch]] = np.float32(amount)
+        object.__setattr__(self, "_vector", vector)
+
+    def numpy(self, x: np.ndarray, rows: Rows) -> np.ndarray:
+        self._width(x.shape[1])
+        return x + self._vector
+
+    def onnx(self, g: Graph, x: str, rows: Rows) -> str:
+        self._width(g.vocab)
+        return g.op("Add", x, g.const("logit_bias", self._vector))
+
+
 # --- the chain ----------------------------------------------------------------------------------------------------
 
 # The controls a command line sets, in the order they apply (Hugging Face's: guidance, the penalties, the
-# temperature, then the filters). Each names its knobs: {knob: (its field, the value that turns it off)}; the
-# temperature is always on.
-CHAIN: tuple[type, ...] = (Guidance, RepetitionPenalty, Temperature, TopK, TopP, MinP)
+# temperature, then the filters; the title constraint and the logit bias right after the reserved ids, so that the
+# temperature's greedy pick and the filters choose among allowed ids only). Each names its knobs: {knob: (its
+# field, the value that turns it off)}; the temperature is always on.
+CHAIN: tuple[type, ...] = (Guidance, Constraint, LogitBias, RepetitionPenalty, Temperature, TopK, TopP, MinP)
 KNOBS = {knob: cls for cls in CHAIN for knob in getattr(cls, "knobs", {})}
 
 
-def from_knobs(**values: float) -> tuple[Processor, ...]:
+def _knob(value: object) -> object:
+    """A knob's value as a processor's field holds it: a list as a tuple, a mapping as its (key, value) pairs."""
+    if isinstance(value, dict):
+        return tuple(value.items())
+    return tuple(value) if isinstance(value, list) else value
+
+
+def from_knobs(**values: object) -> tuple[Processor, ...]:
     """The processors that knobs describe, in CHAIN's order; a processor whose knobs are all off is left out."""
     unknown = set(values) - set(KNOBS)
     if unknown:
         raise TypeError(f"unknown sampling knobs: {', '.join(sorted(unknown))}")
+    values = {knob: _knob(value) for knob, value in values.items()}
     chain: list[Processor] = []
     for cls in CHAIN:
         knobs = getattr(cls, "knobs", {})
@@ -328,6 +541,21 @@ def chain(processors: tuple[Processor, ...]) -> tuple[Processor, ...]:
     config's processors."""
     first = tuple(p for p in processors if getattr(p, "before_ban", False))
     return (*first, Ban(), *(p for p in processors if not getattr(p, "before_ban", False)))
+
+
+def bind(processors: tuple[Processor, ...], vocab: Vocab) -> tuple[Processor, ...]:
+    """The processors over the model's vocabulary: those that name characters built on its characters."""
+    return tuple(p.bind(vocab) if isinstance(p, _OverVocabulary) else p for p in processors)
+
+
+def over_vocabulary(processors: tuple[Processor, ...]) -> bool:
+    """Whether a processor names characters: it must be built over (and checked against) the model's vocabulary."""
+    return any(isinstance(p, _OverVocabulary) for p in processors)
+
+
+def unbound(processors: tuple[Processor, ...], vocab: Vocab) -> bool:
+    """Whether a processor that names characters is not yet built over `vocab`."""
+    return any(isinstance(p, _OverVocabulary) and p.chars != vocab.chars for p in processors)
 
 
 def states(processors: tuple[Processor, ...]) -> tuple[State, ...]:
