@@ -154,6 +154,18 @@ def export_onnx(
                f"(tolerance {result.tolerance:g})")
 
 
+# The title constraint's options, shared by sample-batch and pipeline.
+Regex = Annotated[str | None, _opt("Only titles the whole of which match this regular expression (Python's syntax; "
+                                   "no word boundaries, backreferences or lookbehinds).", metavar="PATTERN")]
+Ban = Annotated[list[str] | None, _opt("Never a title that contains this string (repeatable).", metavar="STRING")]
+BanFile = Annotated[Path | None, _opt("More strings to ban, one per line (UTF-8).", metavar="FILE")]
+Stop = Annotated[list[str] | None, _opt("End the sample right after this string, which it keeps (repeatable).",
+                                        metavar="STRING")]
+MinLen = Annotated[int, _opt("No end of title before N characters, prompt included; 0 is off.", 0, "N")]
+LogitBias = Annotated[list[str] | None, _opt("Add X (-100 to 100) to the logit of the character CHAR, split at the "
+                                             "last = (so '==2' biases '='); repeatable.", metavar="CHAR=X")]
+
+
 @app.command("sample-batch")
 def sample_batch(
     model: Annotated[Path, _opt("Exported .onnx file.", "runs/default/model.onnx", "FILE")] = Path(
@@ -179,18 +191,12 @@ def sample_batch(
                                             "drew, -2 to 2.", 0.0, "X")] = 0.0,
     frequency_penalty: Annotated[float, _opt("Subtract this times the number of times the sample drew a character, "
                                              "-2 to 2.", 0.0, "X")] = 0.0,
-    regex: Annotated[str | None, _opt("Only titles the whole of which match this regular expression (Python's "
-                                      "syntax; no word boundaries, backreferences or lookbehinds).",
-                                      metavar="PATTERN")] = None,
-    ban: Annotated[list[str] | None, _opt("Never a title that contains this string (repeatable).",
-                                          metavar="STRING")] = None,
-    ban_file: Annotated[Path | None, _opt("More strings to ban, one per line (UTF-8).", metavar="FILE")] = None,
-    stop: Annotated[list[str] | None, _opt("End the sample right after this string, which it keeps (repeatable).",
-                                           metavar="STRING")] = None,
-    min_len: Annotated[int, _opt("No end of title before N characters, prompt included; 0 is off.", 0, "N")] = 0,
-    logit_bias: Annotated[list[str] | None, _opt("Add X (-100 to 100) to the logit of the character CHAR, split at "
-                                                 "the last = (so '==2' biases '='); repeatable.",
-                                                 metavar="CHAR=X")] = None,
+    regex: Regex = None,
+    ban: Ban = None,
+    ban_file: BanFile = None,
+    stop: Stop = None,
+    min_len: MinLen = 0,
+    logit_bias: LogitBias = None,
     classes: Annotated[str | None, _opt("A class-conditional model's classes to sample, comma-separated, --n each "
                                         "per temperature (any: no class).", "every class of a conditional model",
                                         "LIST")] = None,
@@ -299,18 +305,12 @@ def pipeline(
     n: Annotated[int, _opt("Samples per temperature (and class).", 1000, "N", "--n")] = 1000,
     temps: Annotated[str, _opt("Temperatures, as for `sample-batch --temps`.", "0.3,1.0,1.8", "LIST")] = "0.3,1.0,1.8",
     max_len: Annotated[int, _opt("Longest sample, in characters.", 128, "N")] = 128,
-    regex: Annotated[str | None, _opt("Only titles the whole of which match this regular expression (Python's "
-                                      "syntax; no word boundaries, backreferences or lookbehinds).",
-                                      metavar="PATTERN")] = None,
-    ban: Annotated[list[str] | None, _opt("Never a title that contains this string (repeatable).",
-                                          metavar="STRING")] = None,
-    ban_file: Annotated[Path | None, _opt("More strings to ban, one per line (UTF-8).", metavar="FILE")] = None,
-    stop: Annotated[list[str] | None, _opt("End the sample right after this string, which it keeps (repeatable).",
-                                           metavar="STRING")] = None,
-    min_len: Annotated[int, _opt("No end of title before N characters, prompt included; 0 is off.", 0, "N")] = 0,
-    logit_bias: Annotated[list[str] | None, _opt("Add X (-100 to 100) to the logit of the character CHAR, split at "
-                                                 "the last = (so '==2' biases '='); repeatable.",
-                                                 metavar="CHAR=X")] = None,
+    regex: Regex = None,
+    ban: Ban = None,
+    ban_file: BanFile = None,
+    stop: Stop = None,
+    min_len: MinLen = 0,
+    logit_bias: LogitBias = None,
     seed: Annotated[int | None, _opt("Seed of training and sampling.", D.seed, "N")] = None,
     device: Annotated[str, _opt("Sampling device.", "auto", "auto|cuda|cpu")] = "auto",
     resume: Annotated[bool, _flag("Continue a job that stopped: training from its last epoch (or not at all, once "

@@ -110,3 +110,20 @@ def cli_in_process(*args: str) -> tuple[int, str]:
     finally:
         sys.argv = argv
     return 0, stderr.getvalue()
+
+
+def processor_graph(build, inputs, vocab, opset):
+    """Run the nodes `build(g)` adds to a Graph over `vocab` ids, fed `inputs`: a processor's ONNX twin alone."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import helper
+
+    from toolkit.sampling.graph import Graph, make_model
+
+    g = Graph(np.float32, opset, vocab=vocab)
+    result = build(g)
+    model = make_model(helper.make_graph(
+        [*g.nodes, helper.make_node("Identity", [result], ["out"])], "t",
+        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+         for k, v in inputs.items()], [helper.make_empty_tensor_value_info("out")], g.initializers), opset)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)[0]

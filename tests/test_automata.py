@@ -8,19 +8,17 @@ import json
 import re
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from helpers import decode, step_model
+from helpers import processor_graph as run_graph
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx import helper
 
 from toolkit.files import UsageError
 from toolkit.sampling import automata
 from toolkit.sampling.automata import Automaton, Constraint, intersect, prompt_state
 from toolkit.sampling.config import SampleConfig
 from toolkit.sampling.engine import Engine
-from toolkit.sampling.graph import Graph, make_model
 from toolkit.sampling.numpy_loop import generate
 from toolkit.sampling.processors import InvalidParameter, Rows, Temperature, describe
 from toolkit.sampling.runtime import OnnxStep
@@ -232,16 +230,6 @@ def test_one_language_gives_one_table():
 
 
 # --- the processor: numpy and ONNX twins -------------------------------------------------------------------------
-
-def run_graph(build, inputs, vocab, opset):
-    g = Graph(np.float32, opset, vocab=vocab)
-    result = build(g)
-    model = make_model(helper.make_graph(
-        [*g.nodes, helper.make_node("Identity", [result], ["out"])], "t",
-        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
-         for k, v in inputs.items()], [helper.make_empty_tensor_value_info("out")], g.initializers), opset)
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)[0]
-
 
 @pytest.mark.parametrize("opset", [13, 17])
 def test_onnx_nodes_do_what_the_numpy_reference_does_bit_for_bit(opset):

@@ -9,18 +9,16 @@ import re
 import subprocess
 
 import numpy as np
-import onnxruntime as ort
 import pandas as pd
 import pytest
 from helpers import assert_usage_error, cli_in_process, decode, run_cli, step_model
-from onnx import helper
+from helpers import processor_graph as run_graph
 
 import toolkit.sampling.batch as batch_module
 from toolkit.files import UsageError
 from toolkit.sampledir import Samples, is_sample_dir, read_info
 from toolkit.sampling.batch import sample_batch
 from toolkit.sampling.config import SampleConfig, parse_logit_bias, read_ban_file, sampling_config
-from toolkit.sampling.graph import Graph, make_model
 from toolkit.sampling.numpy_loop import generate
 from toolkit.sampling.processors import (
     CHAIN,
@@ -196,16 +194,6 @@ def test_the_constraint_sits_after_the_reserved_ids_and_before_the_penalties_and
 
 
 # --- the logit bias -----------------------------------------------------------------------------------------------
-
-def run_graph(build, inputs, vocab, opset):
-    g = Graph(np.float32, opset, vocab=vocab)
-    result = build(g)
-    model = make_model(helper.make_graph(
-        [*g.nodes, helper.make_node("Identity", [result], ["out"])], "t",
-        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
-         for k, v in inputs.items()], [helper.make_empty_tensor_value_info("out")], g.initializers), opset)
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)[0]
-
 
 @pytest.mark.parametrize("opset", [13, 17])
 def test_the_logit_bias_in_the_graph_is_the_numpy_reference_bit_for_bit(opset):
