@@ -162,6 +162,9 @@ BanFile = Annotated[Path | None, _opt("More strings to ban, one per line (UTF-8)
 Stop = Annotated[list[str] | None, _opt("End the sample right after this string, which it keeps (repeatable).",
                                         metavar="STRING")]
 MinLen = Annotated[int, _opt("No end of title before N characters, prompt included; 0 is off.", 0, "N")]
+MustFinish = Annotated[bool, _flag("Every sample ends within --max-len with a title the constraint allows: a character "
+                                  "after which the shortest allowed ending would not fit is removed too (so a long "
+                                  "title's last characters are forced).")]
 LogitBias = Annotated[list[str] | None, _opt("Add X (-100 to 100) to the logit of the character CHAR, split at the "
                                              "last = (so '==2' biases '='); repeatable.", metavar="CHAR=X")]
 
@@ -196,6 +199,7 @@ def sample_batch(
     ban_file: BanFile = None,
     stop: Stop = None,
     min_len: MinLen = 0,
+    must_finish: MustFinish = False,
     logit_bias: LogitBias = None,
     classes: Annotated[str | None, _opt("A class-conditional model's classes to sample, comma-separated, --n each "
                                         "per temperature (any: no class).", "every class of a conditional model",
@@ -212,30 +216,44 @@ def sample_batch(
     report: Annotated[bool, _flag("Also write metrics.csv and report.html.")] = True,
     train_data: Annotated[str | None, _opt("Training titles for novelty, instead of the run's reference.json.xz.",
                                            metavar="SOURCE")] = None,
+    shard: Annotated[str | None, _opt("Sample only the I-th of N equal, contiguous parts of the run these options "
+                                      "describe (1/4 to 4/4); `report` scores the shards' directories as one run. "
+                                      "No report is written for a shard.", metavar="I/N")] = None,
+    ray: Annotated[str | None, _opt("Sample on Ray actors: local (a Ray started here) or a cluster's address (auto: "
+                                    "the one `ray start` runs here). Needs pip install -e \".[ray]\"; same rows as "
+                                    "without.", metavar="local|ADDRESS")] = None,
+    workers: Annotated[int | None, _opt("Ray actors (one GPU each where the cluster has GPUs).",
+                                        "the cluster's GPUs, else its CPUs", "N")] = None,
 ) -> None:
     """Sample N texts at each temperature, all in one batch, on onnxruntime; writes samples, run.json and reports."""
     from toolkit.data import check_source
+    from toolkit.sampledir import Shard
     from toolkit.sampling.config import parse_classes, parse_temperatures, sampling_config
 
     config = sampling_config(parse_temperatures(temps), n, tuple(prompt or ()), max_len, seed,
                              parse_classes(classes), top_k=top_k,
                              top_p=top_p, min_p=min_p, presence_penalty=presence_penalty,
                              frequency_penalty=frequency_penalty, guidance=guidance,
-                             **_constraint(regex, ban, ban_file, stop, min_len, logit_bias))
+                             **_constraint(regex, ban, ban_file, stop, min_len, must_finish, logit_bias))
+    part = Shard.parse(shard) if shard is not None else None
     if train_data is not None:
         check_source(train_data)  # before sampling, not after
-    _sample(model, out, config, device=device, batch_size=batch_size, tf32=tf32, fmt=fmt,
-            report=_report_into(out, train_data) if report else None)
+    _sample(model, out, config, device=device, batch_size=batch_size, tf32=tf32, fmt=fmt, shard=part, ray=ray,
+            workers=workers, report=_report_into(out, train_data) if report and part is None else None)
+    if part is not None:
+        typer.echo(f"shard {part} of the run; once every shard is written, `python cli.py report DIR...` (their "
+                   "directories, or the one directory holding them) scores them as one run")
 
 
 def _constraint(regex: str | None, ban: list[str] | None, ban_file: Path | None, stop: list[str] | None,
-                min_len: int, logit_bias: list[str] | None) -> dict:
+                min_len: int, must_finish: bool, logit_bias: list[str] | None) -> dict:
     """The knobs of the title constraint and the logit bias (processors.Constraint, LogitBias) from their flags;
     the ban file is read now, before anything else."""
     from toolkit.sampling.config import parse_logit_bias, read_ban_file
 
     return dict(regex=regex, ban=tuple(ban or ()) + (read_ban_file(ban_file) if ban_file is not None else ()),
-                stop=tuple(stop or ()), min_length=min_len, logit_bias=parse_logit_bias(logit_bias or ()))
+                stop=tuple(stop or ()), min_length=min_len, must_finish=must_finish,
+                logit_bias=parse_logit_bias(logit_bias or ()))
 
 
 def _report_into(out: Path, train_data: str | None, announce: str | None = None):
@@ -254,7 +272,8 @@ def _sample(model: Path, out: Path, config, report=None, **options) -> None:
     from toolkit.sampling.batch import sample_batch as run_batch
 
     run = run_batch(model, out, config, progress=_progress_bar(), finish=report, **options)
-    typer.echo(f"{run.provider}: {run.rows:,} samples, {run.characters:,} characters in {run.seconds:.2f} s "
+    where = f"{run.provider} on {run.workers} Ray actors" if run.backend == "ray" else run.provider
+    typer.echo(f"{where}: {run.rows:,} samples, {run.characters:,} characters in {run.seconds:.2f} s "
                f"({run.chars_per_second:,.0f} characters/s) -> {out / f'samples.{run.format}'}")
     if report:
         typer.echo(f"wrote {out / 'metrics.csv'} and {out / 'report.html'}")
@@ -262,7 +281,9 @@ def _sample(model: Path, out: Path, config, report=None, **options) -> None:
 
 @app.command()
 def report(
-    sample_dirs: Annotated[list[Path], typer.Argument(help="Directories written by sample-batch.", metavar="DIR...")],
+    sample_dirs: Annotated[list[Path], typer.Argument(help="Directories written by sample-batch: each a run, a shard "
+                                                            "(the shards of one run are scored as one), or a "
+                                                            "directory holding one run's shards.", metavar="DIR...")],
     out: Annotated[Path | None, _opt("Where a comparison of several directories goes.", metavar="DIR")] = None,
     train_data: Annotated[str | None, _opt("Training titles for novelty, instead of the run's reference.json.xz.",
                                            metavar="SOURCE")] = None,
@@ -271,18 +292,21 @@ def report(
     subset: Annotated[int | None, _opt("Texts per group (a seeded random subset) that the metrics not counted over "
                                        "every sample read; 0 reads them all.", "10000", "N")] = None,
 ) -> None:
-    """Score samples into metrics.csv and report.html; several directories give a side-by-side comparison. Its cost
-    is bounded whatever the number of samples: see --subset."""
+    """Score samples into metrics.csv and report.html; several runs give a side-by-side comparison. Its cost is
+    bounded whatever the number of samples: see --subset."""
     from eval.report import write_comparison, write_report
     from eval.stream import EVERY, SUBSET
+    from toolkit.sampledir import runs
 
-    if len(sample_dirs) > 1 and out is None:
-        raise UsageError("comparing several sample directories needs {out} DIR for the comparison report", "out")
     if subset is not None and subset < 0:
         raise UsageError(f"{{subset}} must be 0 (every text) or a positive number of texts, not {subset}", "subset")
     subset = SUBSET if subset is None else subset or EVERY
-    paths = (write_report(sample_dirs[0], train_data, size, subset) if out is None
-             else write_comparison(sample_dirs, out, train_data, size, subset))
+    given = runs(sample_dirs)  # the shards of a run grouped into it, checked complete and disjoint
+    if len(given) > 1 and out is None:
+        raise UsageError(f"comparing {len(given)} runs needs {{out}} DIR for the comparison report (to score the "
+                         "shards of one run as one, pass only that run's shards)", "out")
+    paths = (write_report(given[0], train_data, size, subset) if out is None
+             else write_comparison(given, out, train_data, size, subset))
     typer.echo("wrote " + " and ".join(map(str, paths)))
 
 
@@ -310,6 +334,7 @@ def pipeline(
     ban_file: BanFile = None,
     stop: Stop = None,
     min_len: MinLen = 0,
+    must_finish: MustFinish = False,
     logit_bias: LogitBias = None,
     seed: Annotated[int | None, _opt("Seed of training and sampling.", D.seed, "N")] = None,
     device: Annotated[str, _opt("Sampling device.", "auto", "auto|cuda|cpu")] = "auto",
@@ -326,7 +351,7 @@ def pipeline(
     flags = dict(data=data, field=field, epochs=epochs, cell=cell, layers=layers, units=units,
                  embedding_dim=embedding_dim, seed=seed, condition=condition)
     sampling = dict(temperatures=parse_temperatures(temps), n=n, seed=seed or 0, classes=parse_classes(classes),
-                    max_len=max_len, **_constraint(regex, ban, ban_file, stop, min_len, logit_bias))
+                    max_len=max_len, **_constraint(regex, ban, ban_file, stop, min_len, must_finish, logit_bias))
     early = sampling_config(**sampling)  # bad sampling flags are refused before anything else
     job = plan(name, flags, device=device, resume=resume, overwrite=overwrite, classes=sampling["classes"],
                sampling=early)  # a constraint against the vocabulary the model will have, before training

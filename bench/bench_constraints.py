@@ -3,11 +3,12 @@
 1. `--n` samples at T = 1.0 under each of the issue's constraints (`[A-Z][^()]*\\(AP\\)`, `.*(Olympic|World Cup).*`,
    `[^0-9]*`, and a ban list of 100 random 4-8-letter words): with Python's `re` and plain substring search as
    judges, how many finished samples break the constraint (the goal: none), and the share finished (the goal:
-   >= 95% where the model can reach the pattern).
+   >= 95% where the model can reach the pattern); each pattern also with `must_finish` (`--must-finish`), which
+   steers every row to an allowed title within the length limit.
 2. CPU sampling speed (characters per second) with an automaton of about 1,000 states (a ban list of random words
    grown until its automaton has 1,000 states or more) and with a ban list of 1,000 strings, each against the same
    run without a constraint, ROUNDS alternating rounds of `--speed-n` samples; the median ratios (the goals: >= 0.85
-   and >= 0.80).
+   and >= 0.80). Also the `(AP)` pattern with `must_finish`, against no constraint.
 
     python bench/bench_constraints.py --model runs/agnews/model.onnx --n 100000 --rounds 5
 """
@@ -68,7 +69,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     ban100 = words(100, rng)
     results = {}
-    for name, knobs in [*((p, {"regex": p}) for p in PATTERNS), ("ban 100 words", {"ban": ban100})]:
+    for name, knobs in [*((p + suffix, {"regex": p, "must_finish": bool(suffix)}) for p in PATTERNS
+                          for suffix in ("", " --must-finish")), ("ban 100 words", {"ban": ban100})]:
         rows, _ = run(args.model, step, args.n, classes, **knobs)
         done = rows[rows["finished"].astype(str).str.lower() == "true"]
         if "regex" in knobs:
@@ -86,18 +88,22 @@ def main() -> None:
     states = automata.Automaton.from_banned(big, vocab).states
     ban1000 = words(1000, np.random.default_rng(2))
     states1000 = automata.Automaton.from_banned(ban1000, vocab).states
-    ratios: dict[str, list[float]] = {"automaton": [], "ban 1000": []}
+    ratios: dict[str, list[float]] = {"automaton": [], "ban 1000": [], "(AP) --must-finish": []}
     for _ in range(args.rounds):  # alternately, so drift in the machine's speed hits both alike
         _, plain = run(args.model, step, args.speed_n, classes)
         _, with_big = run(args.model, step, args.speed_n, classes, ban=big)
         _, with_1000 = run(args.model, step, args.speed_n, classes, ban=ban1000)
+        _, with_finish = run(args.model, step, args.speed_n, classes, regex=PATTERNS[0], must_finish=True)
         ratios["automaton"].append(with_big / plain)
         ratios["ban 1000"].append(with_1000 / plain)
+        ratios["(AP) --must-finish"].append(with_finish / plain)
+    sizes = {"automaton": states, "ban 1000": states1000,
+             "(AP) --must-finish": automata.Automaton.from_regex(PATTERNS[0], vocab).states}
     for name, values in ratios.items():
-        print(f"speed with {name} ({states if name == 'automaton' else states1000:,} states) / without: median "
+        print(f"speed with {name} ({sizes[name]:,} states) / without: median "
               f"{statistics.median(values):.3f} (rounds: {', '.join(f'{v:.2f}' for v in values)})")
     print(json.dumps({"coverage": results, "speed": {k: statistics.median(v) for k, v in ratios.items()},
-                      "states": {"automaton": states, "ban 1000": states1000}}))
+                      "states": sizes}))
 
 
 if __name__ == "__main__":

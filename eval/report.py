@@ -41,50 +41,54 @@ def _table(runs: list[ScoredRun], by_run: bool) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
-def write_report(sample_dir: Path, train_data: str | None = None, size: int | None = None,
+def write_report(sample_dir: Path | sampledir.Run, train_data: str | None = None, size: int | None = None,
                  subset: int = SUBSET, name: str | None = None) -> tuple[Path, Path]:
-    """Score one sample directory; writes metrics.csv, usefulness.csv and report.html into it and returns the
-    paths of metrics.csv and report.html. `name`
-    titles the report (default: the directory's name; sample-batch gives its --out's, the report being written
-    in the directory that will replace it).
+    """Score one run (a sample directory, or a sampledir.Run: the shards of one run); writes metrics.csv,
+    usefulness.csv and report.html into its directory (a sharded run's: the directory holding its shards) and
+    returns the paths of metrics.csv and report.html. `name` titles the report (default: the directory's name;
+    sample-batch gives its --out's, the report being written in the directory that will replace it).
 
     The directory is locked meanwhile, so a sample-batch writing it cannot leave a report of other samples."""
-    sample_dir = Path(sample_dir)
-    if not sample_dir.is_dir():
-        raise UsageError(f"{sample_dir} is not a directory of samples; run `cli.py sample-batch --out {sample_dir}` "
-                         "first")
-    with exclusive(sample_dir):
-        sampledir.check_report_dir(sample_dir)
-        clear_stale(sample_dir)
+    if not isinstance(sample_dir, sampledir.Run):
+        sample_dir = Path(sample_dir)
+        if not sample_dir.is_dir():
+            raise UsageError(f"{sample_dir} is not a directory of samples; run `cli.py sample-batch --out "
+                             f"{sample_dir}` first")
+    home = sample_dir.home if isinstance(sample_dir, sampledir.Run) else sample_dir
+    with exclusive(home):
+        sampledir.check_report_dir(home)
+        clear_stale(home)
         reads = read(sample_dir, train_data, name, subset)
         size = scored_size(reads, size)
         runs = [score_read(r, size) for r in reads]
         useful = {runs[0].read.source: usefulness_of(reads)}
         table = _table(runs, by_run=False)
-        return _write(sample_dir, table, _usefulness_table(useful), html.page(runs, table, useful))
+        return _write(home, table, _usefulness_table(useful), html.page(runs, table, useful))
 
 
-def write_comparison(sample_dirs: Sequence[Path], out: Path, train_data: str | None = None,
+def write_comparison(sample_dirs: Sequence[Path | sampledir.Run], out: Path, train_data: str | None = None,
                      size: int | None = None, subset: int = SUBSET) -> tuple[Path, Path]:
-    """Score several sample directories at one common size; writes one metrics.csv and one usefulness.csv (with a
-    `run` column) and one report.html whose tables and plots put the runs side by side into `out`, and returns the
-    paths of metrics.csv and report.html."""
-    dirs = [Path(d) for d in sample_dirs]
-    if not dirs:
+    """Score several runs (sample directories, or sampledir.Runs) at one common size; writes one metrics.csv and one
+    usefulness.csv (with a `run` column) and one report.html whose tables and plots put the runs side by side into
+    `out`, and returns the paths of metrics.csv and report.html."""
+    given = [d if isinstance(d, sampledir.Run) else sampledir.Run((Path(d),), Path(d)) for d in sample_dirs]
+    if not given:
         raise UsageError("nothing to compare; pass one or more sample directories")
-    out = sampledir.check_comparison_out(out, dirs)
+    compared = [p for r in given for p in dict.fromkeys((r.home, *r.parts))]
+    out = sampledir.check_comparison_out(out, compared)
+    dirs = [r.home for r in given]
     names = [d.resolve().name for d in dirs]
     if len(set(names)) < len(names):
         names = [str(d) for d in dirs]
     per_dir = {name: [r if r.label is None else dataclasses.replace(r, name=f"{name}/{r.label}")
-                      for r in read(d, train_data, name, subset)] for d, name in zip(dirs, names, strict=True)}
+                      for r in read(d, train_data, name, subset)] for d, name in zip(given, names, strict=True)}
     reads = [r for rs in per_dir.values() for r in rs]
     size = scored_size(reads, size)
     runs = [score_read(r, size) for r in reads]
     useful = {name: usefulness_of(rs) for name, rs in per_dir.items()}
     table = _table(runs, by_run=True)
     with exclusive(out):
-        sampledir.check_comparison_out(out, dirs)  # again: it may have changed meanwhile
+        sampledir.check_comparison_out(out, compared)  # again: it may have changed meanwhile
         clear_stale(out)
         return _write(out, table, _usefulness_table(useful), html.page(runs, table, useful))
 

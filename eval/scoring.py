@@ -40,7 +40,8 @@ class Read:
 
     name: str  # the run's name in tables and plots: its directory's, or its class
     source: str  # the directory's name, as the user knows it
-    directory: Path
+    directory: Path  # the run's home: its sample directory, or the directory of its shards
+    run: sampledir.Run  # where its samples are: one directory, or its shards'
     info: dict  # run.json; empty when there is none
     label: str | None  # the class of a conditional model's samples; None: samples without classes
     streams: list[GroupStream]
@@ -103,18 +104,24 @@ def class_titles(held_out: titles.Titles, label: str) -> list[str]:
     return [t for t, i in zip(held_out.val, held_out.val_labels, strict=True) if i == index]
 
 
-def read(sample_dir: Path, train_data: str | None = None, name: str | None = None, subset: int = SUBSET,
-         seed: int = 0) -> list[Read]:
-    """Stream a sample directory's samples once (bounded memory, whatever their number): one Read named `name`
-    (default: the directory's name), or one per class, named by its class, for samples with classes."""
-    sample_dir = Path(sample_dir)
-    if not sample_dir.is_dir():
-        raise UsageError(f"{sample_dir} is not a directory of samples; run `cli.py sample-batch --out {sample_dir}` "
-                         "first")
+def read(sample_dir: Path | sampledir.Run, train_data: str | None = None, name: str | None = None,
+         subset: int = SUBSET, seed: int = 0) -> list[Read]:
+    """Stream a run's samples once (bounded memory, whatever their number): a sample directory's, or a
+    sampledir.Run's (the shards of one run, one after another). One Read named `name` (default: the directory's
+    name), or one per class, named by its class, for samples with classes."""
+    if isinstance(sample_dir, sampledir.Run):
+        run = sample_dir
+    else:
+        sample_dir = Path(sample_dir)
+        if not sample_dir.is_dir():
+            raise UsageError(f"{sample_dir} is not a directory of samples; run `cli.py sample-batch --out "
+                             f"{sample_dir}` first")
+        run = sampledir.Run((sample_dir,), sample_dir)
     if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
         raise UsageError(f"{{subset}} must be a positive number of texts, not {subset!r}", "subset")
-    samples = sampledir.Samples(sample_dir)  # checks the columns before the titles are read
-    held_out, training = training_titles(sample_dir, samples.info, train_data)
+    samples = run.samples()  # checks the columns before the titles are read
+    sample_dir = run.home
+    held_out, training = training_titles(samples.directory, samples.info, train_data)
     train = TrainingTitles(held_out.train)
     logprob = "logprob" in samples.names
     promises = Promises.of(samples.info)
@@ -134,7 +141,7 @@ def read(sample_dir: Path, train_data: str | None = None, name: str | None = Non
     reads = []
     for label, stream in streams.items():
         val = held_out.val if label is None else class_titles(held_out, label)
-        reads.append(Read(base if label is None else label, base, sample_dir, samples.info, label, stream.groups(),
+        reads.append(Read(base if label is None else label, base, sample_dir, run, samples.info, label, stream.groups(),
                           reference_stream(val, train, subset, seed, promises), train, val, held_out, training, logprob,
                           subset))
     return reads
@@ -171,7 +178,7 @@ def _repeated(run: Read) -> dict[float, list[tuple[str, int]]]:
         known |= dict(zip(map(int, text_hashes(s.texts)), s.texts, strict=True))
     missing = {h for pairs in wanted.values() for h, _ in pairs if h not in known}
     if missing:
-        for batch in sampledir.Samples(run.directory).chunks(("text",)):
+        for batch in run.run.samples().chunks(("text",)):
             texts = batch.column("text").to_pylist()
             hashes = text_hashes(texts)
             for i in np.flatnonzero(np.isin(hashes, np.fromiter(missing, np.uint64))):

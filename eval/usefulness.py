@@ -269,7 +269,7 @@ def _labelled(groups, labelled: Labelled, asked: list[str], rows: list[dict],
         texts = [(x, i) for c, i in zip(asked, ids, strict=True) for x in groups.get((c, t), [])]
         if not texts:
             continue
-        predicted = clf.predict([x for x, _ in texts]) if texts else np.array([], np.int64)
+        predicted = clf.predict([x for x, _ in texts])
         wanted = np.array([i for _, i in texts])
         for c, i in zip(asked, ids, strict=True):
             hit = predicted[wanted == i] == i

@@ -1,13 +1,31 @@
-"""Shared fixtures: the AG News file, a tiny trained run and its ONNX export (built once per session)."""
+"""Shared fixtures: the AG News file, a tiny trained run and its ONNX export (built once per session), and one
+BLAS thread for the whole session."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from helpers import AG_NEWS
 
 from toolkit.data import open_text
+
+# One BLAS (and OpenMP) thread in this process and in the commands the tests start: on CI's 2 cores, shared with
+# onnxruntime's and TensorFlow's own threads and with the processes the tests run, BLAS threads that spin while they
+# wait make small matrix products (scikit-learn's, MAUVE's k-means) run many times slower (test_mauve.py took 169 s
+# on a busy machine with them and 13 s without). The library runs its own such figures on one thread too
+# (eval.usefulness).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_blas_thread():
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -232,28 +232,55 @@ def test_one_language_gives_one_table():
 # --- the processor: numpy and ONNX twins -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("opset", [13, 17])
-def test_onnx_nodes_do_what_the_numpy_reference_does_bit_for_bit(opset):
-    c = Constraint.build(AP, regex=r"[A-Z][^()]*\(AP\)", ban=["ab", "b b"], min_length=7)
+@pytest.mark.parametrize("must_finish", [False, True])
+def test_onnx_nodes_do_what_the_numpy_reference_does_bit_for_bit(opset, must_finish):
+    c = Constraint.build(AP, regex=r"[A-Z][^()]*\(AP\)", ban=["ab", "b b"], min_length=7, must_finish=must_finish)
     rng, vocab = np.random.default_rng(0), AP.size
-    rows = 2000
+    rows, left = 2000, np.array(6, np.int64)
     state = rng.integers(0, c.automaton.states, rows)  # DEAD too
     x = rng.normal(0, 3, (rows, vocab)).astype(np.float32)
     x[rng.random(x.shape) < 0.1] = NEG
     x[:20] = np.float32(-0.0)
     token = rng.integers(0, vocab, rows)
     drew = rng.random(rows) < 0.5
-    applied = run_graph(lambda g: c.onnx(g, "x", Rows("t", {"automaton": "automaton"})),
-                        {"x": x, "automaton": state}, vocab, opset)
-    expected = c.numpy(x, Rows(None, {"automaton": state}))
+    applied = run_graph(lambda g: c.onnx(g, "x", Rows("t", {"automaton": "automaton"}, left="left")),
+                        {"x": x, "automaton": state, "left": left}, vocab, opset)
+    expected = c.numpy(x, Rows(None, {"automaton": state}, left=left))
     assert applied.dtype == expected.dtype == np.float32
     assert np.array_equal(applied.view(np.uint32), expected.view(np.uint32))  # the same bits, -0.0 and -inf too
-    assert np.array_equal(np.isneginf(expected), np.isneginf(x) | ~c.automaton.allowed[state])
+    removed = ~c.automaton.allowed[state] | (must_finish & (c.automaton.need[state] > left))
+    assert np.array_equal(np.isneginf(expected), np.isneginf(x) | removed)
+    assert must_finish == bool((removed & c.automaton.allowed[state]).any())  # the room left removes some
     after = run_graph(lambda g: c.accept_onnx(g, "automaton", "token", "drew"),
                       {"automaton": state, "token": token, "drew": drew}, vocab, opset)
     expected_after = c.accept(state, token, drew)
     assert after.dtype == expected_after.dtype == np.int64
     assert np.array_equal(after, expected_after)
     assert np.array_equal(expected_after, c.automaton.next[state, token])  # every row moves, drawn or forced
+
+
+def test_need_is_the_ids_a_row_must_write_to_end_after_each_id():
+    """Against the automaton's own shortest completions (example(), a forward search): 1 for an allowed <eos>, the
+    character, the fewest characters after it to acceptance and <eos>, else never."""
+    a = intersect(Automaton.from_regex(r"[A-Z][^()]*\(AP\)", AP), Automaton.min_length(6, AP))
+    for state in range(a.states):
+        for i in range(a.vocab_size):
+            after = int(a.next[state, i])
+            shortest = a.example(after) if after != a.dead else None
+            want = automata.NEVER if after == a.dead else 1 if i == EOS else 2 + len(shortest)
+            assert a.need[state, i] == want, (state, i)
+    assert a.shortest_accepted() == 6 == len(a.example())
+
+
+def test_must_finish_ends_every_row_with_an_allowed_title_within_max_len():
+    pattern = r"[A-Z][^()]*\(AP\)"
+    free, config = sample(Constraint.build(AP, regex=pattern), AP, temperatures=(1.0,), n=200, max_len=12)
+    assert len(free) < 0.9 * config.rows  # without it, rows run out of room
+    held, config = sample(Constraint.build(AP, regex=pattern, must_finish=True), AP, temperatures=(0.0, 1.0), n=200,
+                          max_len=12, prompts=("", "Z a"))
+    assert len(held) == config.rows and len({t for t, _ in held}) > 50
+    assert all(re.fullmatch(pattern, t) and len(t) <= 11 and t.startswith(p) for t, p in held)
+    assert max(len(t) for t, _ in held) == 11  # the whole room is used
 
 
 def test_the_processor_is_a_frozen_hashable_record_of_its_parameters():
@@ -313,14 +340,16 @@ def test_the_engine_carries_the_automaton_state_as_the_numpy_loop_does(tmp_path)
     """The int64 [rows] state through the composed graph, its start and the dropping of ended rows."""
     step = OnnxStep(step_model(tmp_path / "m.onnx", bias={EOS: 1.0}), "cpu")
     vocab, pattern = step.spec.vocab, r"[a-e][a-j ]*[f-j]"
-    constraint = Constraint.build(vocab, regex=pattern, ban=["aa", "b c"], min_length=5)
-    config = SampleConfig((0.0, 1.0), 40, ("a", "", "cb"), 30, 3, (constraint, Temperature()))
-    rows = np.arange(config.rows)
-    batch = Engine(step, config, sync_every=3, shrink=0.5).generate(rows)
-    reference = generate(step, config, rows, config.prompt_ids(vocab))
-    assert np.array_equal(batch.ids, reference.ids) and np.array_equal(batch.finished, reference.finished)
+    for must_finish in (False, True):
+        constraint = Constraint.build(vocab, regex=pattern, ban=["aa", "b c"], min_length=5, must_finish=must_finish)
+        config = SampleConfig((0.0, 1.0), 40, ("a", "", "cb"), 30, 3, (constraint, Temperature()))
+        rows = np.arange(config.rows)
+        batch = Engine(step, config, sync_every=3, shrink=0.5).generate(rows)
+        reference = generate(step, config, rows, config.prompt_ids(vocab))
+        assert np.array_equal(batch.ids, reference.ids) and np.array_equal(batch.finished, reference.finished)
+        assert batch.finished.all() == must_finish
     titles = [decode(vocab, r) for r in batch.ids[batch.finished]]
-    assert len(titles) > config.rows // 4
+    assert len(titles) == config.rows
     assert all(re.fullmatch(pattern, t) and "aa" not in t and "b c" not in t and len(t) >= 5 for t in titles)
 
 
@@ -338,6 +367,7 @@ def refusal(make):
     (lambda: Constraint.build(AP, regex="q+").check(40), ["regex 'q+'", "no title", "vocabulary"]),
     (lambda: Constraint.build(AP, regex="[ab]+", ban=["a", "b"]).check(40), ["regex and ban together", "no title"]),
     (lambda: Constraint.build(AP, regex="a{50}").check(40), ["shortest title", "50 characters", "max_len (40)"]),
+    (lambda: Constraint.build(AP, regex="a{40}").check(40), ["40 characters", "at most 39", "at least 41"]),
     (lambda: Constraint.build(AP, min_length=41).check(40), ["min_length 41", "41 characters", "max_len"]),
     (lambda: Constraint.build(AP, regex=r"\bAP\b"), ["word boundary", "\\b", "spell it out"]),
     (lambda: Constraint.build(AP, regex=r"(?<=a)b"), ["cannot compile", "lookbehind"]),
@@ -345,11 +375,13 @@ def refusal(make):
     (lambda: Constraint.build(AP, regex="A.*").check(40, ("A", "b")), ["prompts 'b'", "cannot begin", "character 1"]),
     (lambda: Constraint.build(AP, regex="A.*", ban=["PP"]).check(40, ("APP",)), ["'APP'", "character 3"]),
     (lambda: Constraint.build(AP, regex="A.{0,3}|a.{30}").check(30, ("ab",)), ["'ab'", "needs 29 more", "max_len"]),
+    (lambda: Constraint.build(AP, regex="A.{0,3}|a.{29}").check(30, ("ab",)), ["'ab'", "needs 28 more", "at most 29"]),
     (lambda: Constraint.build(AP, ban=["a", ""]), ["ban", "non-empty"]),
     (lambda: Constraint.build(AP, stop="(AP)"), ["stop", "list"]),
     (lambda: Constraint.build(AP, min_length=-1), ["min_length", "integer"]),
-], ids=["matches-nothing", "together-nothing", "too-long", "min-length", "word-boundary", "lookbehind", "syntax",
-        "prompt", "prompt-ban", "prompt-too-long", "empty-ban", "stop-not-list", "negative-length"])
+], ids=["matches-nothing", "together-nothing", "too-long", "no-room-for-eos", "min-length", "word-boundary",
+        "lookbehind", "syntax", "prompt", "prompt-ban", "prompt-too-long", "prompt-no-room-for-eos", "empty-ban",
+        "stop-not-list", "negative-length"])
 def test_what_cannot_be_compiled_or_satisfied_is_refused_in_one_line(make, words):
     message = refusal(make)
     for word in words:

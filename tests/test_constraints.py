@@ -89,8 +89,15 @@ def test_the_readme_example_gives_titles_that_end_in_ap(tmp_path):
                      "--regex", AP, "--out", tmp_path / "s", "--no-report", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     rows = read(tmp_path / "s")
-    assert rows["finished"].mean() > 0.5
+    assert 0.5 < rows["finished"].mean() < 1
     assert all(re.fullmatch(AP, t) for t in rows.loc[rows["finished"], "text"])
+    result = run_cli("sample-batch", "--model", model, "--n", "40", "--temps", "0.5,1.2", "--max-len", "40",
+                     "--regex", AP, "--must-finish", "--out", tmp_path / "s", "--no-report", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    rows = read(tmp_path / "s")
+    assert rows["finished"].all() and all(re.fullmatch(AP, t) for t in rows["text"])
+    processor = json.loads((tmp_path / "s" / "run.json").read_text())["sampling"]["processors"][0]
+    assert processor["must_finish"] is True and processor["regex"] == AP
 
 
 def test_a_stop_string_ends_the_sample_right_after_it_and_is_kept(model, tmp_path):
@@ -118,7 +125,7 @@ def test_ban_file_strings_are_banned_with_ban_and_bias_characters_may_be_equals_
     assert result.returncode == 0, result.stderr
     processors = json.loads((out / "run.json").read_text())["sampling"]["processors"]
     assert processors == [{"name": "Constraint", "regex": None, "ban": ["==", "ab", "c,c"], "min_length": 3,
-                           "stop": ["c="]},
+                           "stop": ["c="], "must_finish": False},
                           {"name": "LogitBias", "bias": [["=", 2.0], [",", -3.5], ["a", 1.0]]},
                           {"name": "Temperature"}]
     rows = read(out)
@@ -179,7 +186,7 @@ def test_run_json_records_the_constraint_and_the_bias_and_the_readers_accept_it(
     info = read_info(tmp_path)
     assert info["sampling"] == config.to_dict() and "chars" not in json.dumps(info["sampling"])
     assert info["sampling"]["processors"][:2] == [
-        {"name": "Constraint", "regex": PATTERN, "ban": ["dd"], "min_length": 4, "stop": ["hj"]},
+        {"name": "Constraint", "regex": PATTERN, "ban": ["dd"], "min_length": 4, "stop": ["hj"], "must_finish": False},
         {"name": "LogitBias", "bias": [["g", 3.0]]}]
     assert is_sample_dir(tmp_path) and sum(b.num_rows for b in Samples(tmp_path).chunks()) == 12
     sample_batch(model, tmp_path, config, device="cpu")  # an earlier constrained directory is replaced whole

@@ -7,6 +7,9 @@ checks the samples against run.json, and the rules that keep a user's files safe
   the digest of reference.json.xz); `Samples` reads the samples in bounded chunks and refuses, in one line, rows
   that run.json does not describe (a truncated file, a missing temperature, rows out of order).
 - The report's files are written only where they are charlm's own or new (`check_report_dir`).
+- A shard (`Shard`, run.json's `shard`) holds one contiguous range of a run's rows; `runs` groups the directories
+  `report` is given into the runs they make, the shards of one run checked to be one complete, disjoint split, and
+  `JoinedSamples` reads them one after another as one samples file.
 
 Needs numpy and pyarrow only.
 """
@@ -14,6 +17,7 @@ Needs numpy and pyarrow only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import json
 import os
@@ -219,19 +223,78 @@ def samples_path(directory: Path) -> Path:
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
+MAX_SHARDS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The `index`-th (from 1) of `count` contiguous ranges of a run's rows, numbered as `split -n l/K/N` numbers its
+    parts: range K of N holds rows [(K - 1) * rows // N, K * rows // N), so the sizes differ by one row at most and
+    the ranges of 1/N to N/N, one after another, are the whole run. Every row's text depends only on (seed, row), so
+    a shard's rows are the whole run's, whoever samples them."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        for value in (self.index, self.count):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UsageError(f"{{shard}} must be I/N with whole numbers, not {self.index!r}/{self.count!r}",
+                                 "shard")
+        if not 1 <= self.index <= self.count <= MAX_SHARDS:
+            raise UsageError(f"{{shard}} {self.index}/{self.count} must be I/N with 1 <= I <= N <= {MAX_SHARDS:,}; "
+                             "e.g. {shard} 1/4 to {shard} 4/4", "shard")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """'2/4' -> Shard(2, 4)."""
+        index, slash, count = text.strip().partition("/")
+        if not slash or not index.strip().isdigit() or not count.strip().isdigit():
+            raise UsageError(f"{{shard}} {text!r} is not I/N (the I-th of N parts of the run, from 1); e.g. "
+                             "{shard} 1/4", "shard")
+        return cls(int(index), int(count))
+
+    def rows(self, total: int) -> tuple[int, int]:
+        """[first, stop) of this shard among a run's `total` rows."""
+        return (self.index - 1) * total // self.count, self.index * total // self.count
+
+    def check(self, total: int) -> None:
+        """Refuse more shards than the run has rows (some would hold none)."""
+        if self.count > total:
+            raise UsageError(f"{{shard}} {self}: the run has {total:,} rows, too few for {self.count:,} shards; use "
+                             f"at most {total:,}", "shard")
+
+    def to_dict(self, total: int) -> dict:
+        """run.json's `shard`."""
+        first, stop = self.rows(total)
+        return {"index": self.index, "count": self.count, "first": first, "stop": stop}
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
 @dataclass(frozen=True)
 class Expected:
-    """What run.json says the samples are: rows in order of sample_id, as `row_groups` lays them out."""
+    """What run.json says the samples are: rows in order of sample_id, as `row_groups` lays them out; a shard's
+    samples are rows [first, stop) of them."""
 
     temperatures: tuple[float, ...]
     n: int
     prompts: tuple[str, ...]
     seed: int | None
     classes: tuple[str, ...] = ()
+    first: int = 0
+    stop: int | None = None  # None: to the end of the run
+
+    @property
+    def total(self) -> int:
+        """The whole run's rows."""
+        return self.n * len(self.temperatures) * max(1, len(self.classes))
 
     @property
     def rows(self) -> int:
-        return self.n * len(self.temperatures) * max(1, len(self.classes))
+        """The rows of this file."""
+        return (self.total if self.stop is None else self.stop) - self.first
 
     def groups(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return row_groups(rows, self.n, max(1, len(self.classes)), len(self.prompts))
@@ -246,17 +309,25 @@ class Expected:
         prompts = sampling.get("prompts") or [""]
         seed = sampling.get("seed")
         classes = sampling.get("classes") or []
-        return cls(tuple(float(t) for t in temps), n, tuple(map(str, prompts)), seed if isinstance(seed, int) else None,
-                   tuple(map(str, classes)) if isinstance(classes, list) else ())
+        expected = cls(tuple(float(t) for t in temps), n, tuple(map(str, prompts)),
+                       seed if isinstance(seed, int) else None, tuple(map(str, classes)) if isinstance(classes, list)
+                       else ())
+        shard = shard_of(info)
+        if shard is None:
+            return expected
+        first, stop = shard.rows(expected.total)
+        return dataclasses.replace(expected, first=first, stop=stop)
 
 
 def _arrow_error(path: Path, names: list[str], e: Exception) -> UsageError:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if text == "Empty CSV file":
         return UsageError(f"{path} is empty; {FIX}")
-    column = re.match(r"In CSV column #(\d+): CSV conversion error to (\w+): (.*)", text)
+    # pyarrow names the row too ("Row #2: ") where its reader runs on one thread (OMP_NUM_THREADS=1, say)
+    column = re.match(r"In CSV column #(\d+): (?:Row #(\d+): )?CSV conversion error to (\w+): (.*)", text)
     if column and int(column[1]) < len(names):
-        text = f"column {names[int(column[1])]} must hold {column[2]} values: {column[3]}"
+        row = f" (row {int(column[2]):,})" if column[2] else ""
+        text = f"column {names[int(column[1])]} must hold {column[3]} values{row}: {column[4]}"
     return UsageError(f"cannot read {path}: {text}; fix the file or {FIX}")
 
 
@@ -320,11 +391,13 @@ class Samples:
                 yield batch
         if not seen:
             raise UsageError(f"{self.path} holds no samples; rerun `cli.py sample-batch` with --n 1 or more")
-        if self.expected and seen != self.expected.rows:
-            raise self._mismatch(f"holds {seen:,} rows where run.json describes {self.expected.rows:,} "
-                                 f"({len(self.expected.temperatures)} temperature(s)"
-                                 f"{f' × {len(self.expected.classes)} classes' if self.expected.classes else ''} of "
-                                 f"{self.expected.n:,})")
+        expected = self.expected
+        if expected and seen != expected.rows:
+            whole = (f"{len(expected.temperatures)} temperature(s)"
+                     f"{f' × {len(expected.classes)} classes' if expected.classes else ''} of {expected.n:,}")
+            raise self._mismatch(f"holds {seen:,} rows where run.json describes {expected.rows:,} ("
+                                 + (f"shard {shard_of(self.info)} of {whole}" if expected.stop is not None else whole)
+                                 + ")")
 
     def _read(self, columns: list[str]) -> Iterator:
         try:
@@ -377,13 +450,13 @@ class Samples:
         expected = self.expected
         if expected is None:
             return
-        rows = first + np.arange(batch.num_rows)
+        rows = expected.first + first + np.arange(batch.num_rows)
         names = batch.schema.names
         if "sample_id" in names and not np.array_equal(batch.column("sample_id").to_numpy(), rows):
             at = int(np.flatnonzero(batch.column("sample_id").to_numpy() != rows)[0])
-            raise self._mismatch(f"row {first + at:,} has sample_id {batch.column('sample_id')[at].as_py()}: rows "
-                                 "are missing, repeated or out of order")
-        if rows[-1] >= expected.rows:
+            raise self._mismatch(f"row {first + at:,} has sample_id {batch.column('sample_id')[at].as_py()} where "
+                                 f"{rows[at]:,} belongs: rows are missing, repeated or out of order")
+        if rows[-1] >= expected.first + expected.rows:
             raise self._mismatch(f"holds more than the {expected.rows:,} rows run.json describes")
         temperature, label, prompt = expected.groups(rows)
         temps = np.asarray(expected.temperatures)[temperature]
@@ -412,6 +485,112 @@ class Samples:
     def _mismatch(self, what: str) -> UsageError:
         return UsageError(f"{self.path} {what}: it does not match {RUN_INFO} (truncated, edited or from another "
                           f"run); {FIX}")
+
+
+def shard_of(info: dict, where: str = RUN_INFO) -> Shard | None:
+    """run.json's `shard`: None for a whole run; a damaged entry is refused."""
+    entry = info.get("shard")
+    if entry is None:
+        return None
+    try:
+        return Shard(entry["index"], entry["count"])
+    except (TypeError, KeyError, UsageError):
+        raise UsageError(f"{where}: its shard {entry!r} is not {{index: I, count: N}}; {FIX}") from None
+
+
+RUN_KEYS = ("sampling", "train_config", "data_fingerprint", "precision", "titles")  # what makes two shards one run
+
+
+def _run_key(info: dict) -> str:
+    return json.dumps({k: info.get(k) for k in RUN_KEYS}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What `report` scores as one run: one sample directory, or the directories of every shard of one run, in
+    shard order (`home`: where its report goes: the sample directory, or the directory holding the shards)."""
+
+    parts: tuple[Path, ...]
+    home: Path
+
+    @property
+    def sharded(self) -> bool:
+        return len(self.parts) > 1 or shard_of(read_info(self.parts[0])) is not None
+
+    def samples(self) -> Samples | JoinedSamples:
+        return JoinedSamples(self.parts) if self.sharded else Samples(self.parts[0])
+
+
+class JoinedSamples:
+    """The shards of one run read as one samples file: each shard's rows, checked against its own run.json, one
+    shard after another (so rows stay in order of sample_id). `info` is the whole run's run.json (no `shard`)."""
+
+    def __init__(self, parts: tuple[Path, ...]):
+        self.shards = [Samples(p) for p in parts]
+        first = self.shards[0]
+        self.info = {k: v for k, v in first.info.items() if k != "shard"}
+        self.path, self.directory = first.path, first.directory
+        self.names = [n for n in first.names if all(n in s.names for s in self.shards)]
+
+    def chunks(self, columns: tuple[str, ...] = COLUMNS) -> Iterator:
+        for shard in self.shards:
+            for batch in shard.chunks(columns):
+                yield batch.select([n for n in batch.schema.names if n in self.names])
+
+
+def runs(paths: list[Path]) -> list[Run]:
+    """The runs `report` is given: each path a sample directory (a whole run, or a shard), or a directory whose
+    subdirectories are the shards of one run. Shards given one by one are grouped by the run their run.json
+    describes (same sampling, model and titles); each run's shards must be one split of it, complete and each given
+    once, or it is refused in one line naming the shard that is missing or repeated."""
+    whole: list[tuple[int, Run]] = []
+    loose: dict[str, list[tuple[int, Path, Shard]]] = {}
+    for order, path in enumerate(map(Path, paths)):
+        if not path.is_dir():
+            raise UsageError(f"{path} is not a directory of samples; run `cli.py sample-batch --out {path}` first")
+        if is_sample_dir(path):
+            shard = shard_of(read_info(path), str(path / RUN_INFO))
+            if shard is None:
+                whole.append((order, Run((path,), path)))
+            else:
+                loose.setdefault(_run_key(read_info(path)), []).append((order, path, shard))
+            continue
+        inside = sorted(p for p in path.iterdir() if p.is_dir() and is_sample_dir(p))
+        shards = [(p, shard_of(read_info(p), str(p / RUN_INFO))) for p in inside]
+        shards = [(p, s) for p, s in shards if s is not None]
+        if not shards:
+            raise UsageError(f"{path} holds no samples (no run.json of sample-batch, nor shard directories in it); "
+                             f"run `cli.py sample-batch --out {path}` first")
+        keys = {_run_key(read_info(p)) for p, _ in shards}
+        if len(keys) > 1:
+            raise UsageError(f"{path} holds shards of {len(keys)} different runs (their run.json differ in sampling, "
+                             "model or titles); keep the shards of one run in a directory")
+        whole.append((order, Run(_ordered([(order, p, s) for p, s in shards], str(path)), path)))
+    for group in loose.values():
+        parts = _ordered(group, ", ".join(str(p) for _, p, _ in group))
+        home = Path(os.path.commonpath([p.resolve().parent for p in parts]))
+        whole.append((min(o for o, _, _ in group), Run(parts, home)))
+    return [run for _, run in sorted(whole, key=lambda item: item[0])]
+
+
+def _ordered(group: list[tuple[int, Path, Shard]], where: str) -> tuple[Path, ...]:
+    """The shard directories of one run in shard order, once each shard of one split is there exactly once."""
+    counts = sorted({s.count for _, _, s in group})
+    if len(counts) > 1:
+        raise UsageError(f"the shards in {where} split one run in {counts[0]} and in {counts[1]} parts; pass the "
+                         "shards of one split")
+    count, at = counts[0], {}
+    for _, path, shard in group:
+        if shard.index in at:
+            raise UsageError(f"shard {shard} is given twice ({at[shard.index]} and {path}); pass each shard once")
+        at[shard.index] = path
+    missing = [i for i in range(1, count + 1) if i not in at]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UsageError(f"shard {missing[0]}/{count}{more} of the run in {where} is missing; sample it with "
+                         f"`cli.py sample-batch` and the same options plus --shard {missing[0]}/{count}, or pass "
+                         "its directory")
+    return tuple(at[i] for i in range(1, count + 1))
 
 
 def _split(batch) -> Iterator:

@@ -33,6 +33,7 @@ from toolkit.vocab import EOS, SPECIALS, Vocab
 
 __all__ = ["MAX_STATES", "Automaton", "Constraint", "intersect", "prompt_state", "regex_fsm"]
 
+NEVER = np.iinfo(np.int32).max  # `need` of a disallowed move: more ids than any row may write
 MAX_STATES = 100_000  # per automaton: its tables are [states, vocab] float32 and int32 (40 MB each at 100 ids)
 FIRST = len(SPECIALS)  # the first character's id: ids below are <pad>, <bos>, <eos>, <unk>
 
@@ -53,24 +54,30 @@ def _columns(chars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return chars[:, np.unique(column, return_index=True)[1]], column
 
 
-def _coreachable(table: np.ndarray, accepting: np.ndarray) -> np.ndarray:
-    """[states] bool: the states from which some characters (the distinct columns `table`) reach acceptance."""
+def _distances(table: np.ndarray, accepting: np.ndarray) -> np.ndarray:
+    """[states] int64: the fewest characters (the distinct columns `table`) from each state to acceptance (0 where
+    accepting), -1 where there is no way: a breadth-first search backwards from the accepting states."""
     n, width = table.shape
     targets = np.sort(table, axis=1)
     distinct = np.ones(targets.shape, bool)
     distinct[:, 1:] = targets[:, 1:] != targets[:, :-1]  # each edge once
     target = targets[distinct]
-    source = np.repeat(np.arange(n), distinct.sum(axis=1))[np.argsort(target)]  # the sources, grouped by target
+    source = np.repeat(np.arange(n), distinct.sum(axis=1))[np.argsort(target, kind="stable")]  # grouped by target
     counts = np.bincount(target, minlength=n)
     starts = np.cumsum(counts) - counts
-    live = accepting.copy()
-    frontier = np.flatnonzero(live)
+    distance = np.where(accepting, 0, -1).astype(np.int64)
+    frontier, level = np.flatnonzero(accepting), 0
     while frontier.size:
+        level += 1
         before = source[_ranges(starts[frontier], counts[frontier])]
-        before = before[~live[before]]
-        live[before] = True
-        frontier = np.unique(before)
-    return live
+        frontier = np.unique(before[distance[before] < 0])
+        distance[frontier] = level
+    return distance
+
+
+def _coreachable(table: np.ndarray, accepting: np.ndarray) -> np.ndarray:
+    """[states] bool: the states from which some characters (the distinct columns `table`) reach acceptance."""
+    return _distances(table, accepting) >= 0
 
 
 def _breadth_first(table: np.ndarray, start: int, usable: np.ndarray) -> np.ndarray:
@@ -211,6 +218,22 @@ class Automaton:
         """[states, vocab] float32: 0 where allowed, -inf where not, to be added to the logits."""
         return np.where(self.allowed, np.float32(0), NEG_INF).astype(np.float32)
 
+    @cached_property
+    def distance(self) -> np.ndarray:
+        """[states] int64: the fewest characters from each state to an accepting one (-1 from DEAD)."""
+        return _distances(self.next[:, FIRST:], self.accepting)
+
+    @cached_property
+    def need(self) -> np.ndarray:
+        """[states, vocab] int32: the ids a row must still write, from this step's on and its <eos> included, to
+        end an allowed title after drawing each id: 1 for an allowed <eos>, 2 + the distance left after a
+        character; NEVER for a disallowed move. A row that may write `left` more ids may draw an id where
+        need <= left (`Constraint(must_finish=True)`)."""
+        after = self.distance[self.next]
+        need = np.where(after >= 0, after + 2, NEVER)
+        need[:, EOS] = np.where(self.accepting, 1, NEVER)
+        return np.where(self.allowed, need, NEVER).astype(np.int32)
+
     # constructors
 
     @classmethod
@@ -311,20 +334,20 @@ class Automaton:
 
     def shortest_accepted(self, state: int = 0) -> int | None:
         """The fewest characters from `state` to an accepting state; None if there is none."""
-        path = self.example(state)
-        return None if path is None else len(path)
+        distance = int(self.distance[state])
+        return None if distance < 0 else distance
 
     def check(self, max_len: int, what: str = "the title constraint", params: tuple[str, ...] = ()) -> None:
-        """Refuse an automaton that allows no title, or none of at most `max_len` characters (`what` names it in
-        the message, with `params` as UsageError's)."""
+        """Refuse an automaton that allows no title, or none that ends within `max_len` ids (at most max_len - 1
+        characters, then <eos>); `what` names it in the message, with `params` as UsageError's."""
         shortest = self.shortest_accepted()
         if shortest is None:
             raise UsageError(f"no title made of the model's characters satisfies {what} (a character it needs may be "
                              "missing from the vocabulary); loosen it", *params)
-        if shortest > max_len:
-            raise UsageError(f"the shortest title that satisfies {what} has {shortest} characters, more than "
-                             f"{{max_len}} ({max_len}); raise {{max_len}} to at least {shortest} or loosen it",
-                             "max_len", *params)
+        if shortest >= max_len:
+            raise UsageError(f"the shortest title that satisfies {what} has {shortest} characters, and a title that "
+                             f"ends within {{max_len}} ({max_len}) has at most {max_len - 1}; raise {{max_len}} to at "
+                             f"least {shortest + 1} or loosen it", "max_len", *params)
 
 
 def _aho_corasick(strings, vocab: Vocab, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -430,8 +453,8 @@ def prompt_state(automaton: Automaton, ids, max_len: int | None = None, text: st
                              f"character {i + 1}; change the prompt or loosen the constraint", "prompts", *params)
     if max_len is not None:
         rest = automaton.shortest_accepted(state)
-        if rest is not None and len(ids) + rest > max_len:
+        if rest is not None and len(ids) + rest >= max_len:
             raise UsageError(f"{{prompts}} {shown!r} needs {rest} more characters to make a title that satisfies "
-                             f"{what}, beyond {{max_len}} ({max_len}); raise {{max_len}} or change the prompt",
-                             "prompts", "max_len", *params)
+                             f"{what}, and one that ends within {{max_len}} ({max_len}) has at most {max_len - 1}; "
+                             "raise {max_len} or change the prompt", "prompts", "max_len", *params)
     return state

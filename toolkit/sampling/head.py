@@ -38,8 +38,9 @@ def compose(step: onnx.ModelProto, spec: contract.StepSpec, config: SampleConfig
     g = Graph(np.float32, opset, prefix="head_", vocab=spec.vocab.size)
     state = {s.name: s.name for s in processors.states(config.processors)}
     unconditional = _add_twin(model, spec) if processors.guided(config.processors) else None
+    left = g.op("Sub", g.const("max_len", config.max_len, np.int64), STEP)
     rows = processors.Rows(TEMPERATURE, state, greedy=0 in config.temperatures, inverse=INVERSE,
-                           unconditional=unconditional)
+                           unconditional=unconditional, left=left)
     x = processors.apply_onnx(config.processors, g, contract.LOGITS, rows)
     u = g.op("Gather", UNIFORM, g.op("Mod", STEP, g.const("block", history, np.int64)), axis=0)
     drawn = draw_onnx(g, x, u)

@@ -48,8 +48,8 @@ def generate(step: Step, config: SampleConfig, rows: np.ndarray, prompt_ids: lis
         if memory is None:
             memory = {s.name: np.zeros(s.shape(rows.size, logits.shape[1]), s.dtype)
                       for s in processors.states(config.processors)}
-        x = processors.apply(config.processors, logits, processors.Rows(temperature, memory,
-                                                                         unconditional=unconditional))
+        x = processors.apply(config.processors, logits, processors.Rows(
+            temperature, memory, unconditional=unconditional, left=np.int64(config.max_len - t)))
         force = forced[min(t, forced.shape[0] - 1)]
         tokens = np.where(force >= 0, force, draw(x, uniforms(key, counter, t)))
         total = total + np.where(done, np.float32(0), log_prob(logits, tokens))

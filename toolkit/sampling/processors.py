@@ -58,6 +58,7 @@ class Rows:
     greedy: bool = True  # some row may have temperature 0 (False lets a graph leave out the greedy rows' nodes)
     inverse: Any = None  # ONNX only: [rows, 1] float32, inverse_temperature() of each row, computed once a chunk
     unconditional: Any = None  # with Guidance: [rows, vocab] the logits the model gives each row told "no class"
+    left: Any = None  # [] int64: the ids each row may still write, this step's included (max_len - step)
 
 
 @dataclass(frozen=True)
@@ -359,16 +360,23 @@ class Constraint(_OverVocabulary):
     after <eos> a row stays in its accepting state. `chars` is the vocabulary's characters, in id order, that the
     automaton is built over (empty: not yet; see `bind`). A prompt must leave the automaton somewhere it can go on
     from: see `check`. It must run before the temperature and the filters (`before_filters`), which would otherwise
-    leave a greedy row only disallowed ids."""
+    leave a greedy row only disallowed ids.
+
+    A row may run out of room: `max_len` ids, <eos> included, before it reaches a title the constraint allows (it is
+    then left unfinished). With `must_finish` it never does: an id is also removed where the shortest allowed ending
+    after it would not fit in the ids the row has left (`Rows.left`; the automaton's `need`), so every row ends with
+    an allowed title, the last characters of a long one forced onto the shortest way to acceptance."""
 
     regex: str | None = None
     ban: tuple[str, ...] = ()
     min_length: int = 0
     stop: tuple[str, ...] = ()
+    must_finish: bool = False
     chars: tuple[str, ...] = field(default=(), repr=False, metadata=UNRECORDED)
     state: ClassVar[State] = State("automaton", (), np.int64)
     knobs: ClassVar[dict[str, tuple[str, object]]] = {"regex": ("regex", None), "ban": ("ban", ()),
-                                                      "min_length": ("min_length", 0), "stop": ("stop", ())}
+                                                      "min_length": ("min_length", 0), "stop": ("stop", ()),
+                                                      "must_finish": ("must_finish", False)}
     before_filters: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -381,6 +389,8 @@ class Constraint(_OverVocabulary):
             if not isinstance(self.regex, str):
                 raise InvalidParameter("regex", "must be a regular expression", self.regex)
             automata.regex_fsm(self.regex)  # what cannot be compiled is refused now, before any model loads
+        if not isinstance(self.must_finish, bool):
+            raise InvalidParameter("must_finish", "must be True or False", self.must_finish)
         high = automata.MAX_STATES - 2
         if isinstance(self.min_length, bool) or not isinstance(self.min_length, int) or not \
                 0 <= self.min_length <= high:
@@ -395,9 +405,10 @@ class Constraint(_OverVocabulary):
         object.__setattr__(self, "_next", np.ascontiguousarray(automaton.next))
 
     @classmethod
-    def build(cls, vocab: Vocab, regex: str | None = None, ban=(), min_length: int = 0, stop=()) -> Constraint:
+    def build(cls, vocab: Vocab, regex: str | None = None, ban=(), min_length: int = 0, stop=(),
+              must_finish: bool = False) -> Constraint:
         """The constraint over `vocab`'s characters (lists of strings are taken as tuples)."""
-        return cls(regex, ban, min_length, stop, vocab.chars)
+        return cls(regex, ban, min_length, stop, must_finish, vocab.chars)
 
     def parts(self) -> list[tuple[str, str, Any]]:
         """(what, its parameter, automaton) of each part that is set."""
@@ -435,10 +446,19 @@ class Constraint(_OverVocabulary):
 
     def numpy(self, x: np.ndarray, rows: Rows) -> np.ndarray:
         self._width(x.shape[1])
+        if self.must_finish:
+            return x + np.where(self.automaton.need[rows.state[self.state.name]] <= rows.left, np.float32(0), NEG_INF)
         return x + self.automaton.mask[rows.state[self.state.name]]
 
     def onnx(self, g: Graph, x: str, rows: Rows) -> str:
         self._width(g.vocab)
+        if self.must_finish:
+            table = g.const("constraint_need", self.automaton.need, np.int32)
+            need = g.op("Gather", table, rows.state[self.state.name], axis=0)
+            fits = g.op("LessOrEqual", need, g.op("Cast", rows.left, to=6))
+            # an additive mask, as without must_finish: Where(fits, x, -inf) would keep a -0.0 that Add makes 0.0
+            return g.op("Add", x, g.op("Where", fits, g.const("constraint_kept", 0.0), g.const("constraint_removed",
+                                                                                               NEG_INF)))
         mask = g.const("constraint_mask", self.automaton.mask, np.float32)
         return g.op("Add", x, g.op("Gather", mask, rows.state[self.state.name], axis=0))
 
