@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 
 from toolkit.files import UsageError
 from toolkit.sampling import automata
-from toolkit.sampling.automata import Automaton, Constraint, intersect, prompt_state
+from toolkit.sampling.automata import Automaton, intersect, prompt_state
 from toolkit.sampling.config import SampleConfig
 from toolkit.sampling.engine import Engine
 from toolkit.sampling.numpy_loop import generate
-from toolkit.sampling.processors import InvalidParameter, Rows, Temperature, describe
+from toolkit.sampling.processors import Constraint, InvalidParameter, Rows, Temperature, describe
 from toolkit.sampling.runtime import OnnxStep
 from toolkit.sampling.tensors import select_rows
 from toolkit.vocab import BOS, EOS, PAD, UNK, Vocab

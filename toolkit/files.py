@@ -45,6 +45,14 @@ class UsageError(Exception):
         return pattern.sub(lambda m: flags(m[1]) if flags else m[1], self.template)
 
 
+class InvalidParameter(UsageError):
+    """A parameter out of its range: `parameter` names it as the library does, so a CLI can name its flag."""
+
+    def __init__(self, parameter: str, requirement: str, value: object):
+        self.parameter, self.requirement, self.value = parameter, requirement, value
+        super().__init__(f"{{{parameter}}} {requirement}, not {value!r}", parameter)
+
+
 def no_space(e: OSError) -> bool:
     """The disk (or the quota, or the file size limit) is full."""
     return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

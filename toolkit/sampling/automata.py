@@ -14,9 +14,10 @@ The constraints: a regular expression the whole title must match (`from_regex`, 
 outlines does), strings a title must never contain (`from_banned`: Aho-Corasick over the characters), a minimum
 length (`min_length`), stop strings after which only <eos> may follow (`stop`), and any of them at once
 (`intersect`: the product automaton, minimised). The processor `Constraint` (toolkit.sampling.processors, where the
-chain of processors lists it; re-exported here) applies one to a step's logits: one Gather of an additive 0/-inf
-table by each row's state and an Add, and one Gather of the flattened `next` table for the state after the step,
-in numpy and as ONNX nodes that agree bit for bit.
+chain of processors lists it) applies one to a step's logits: one Gather of an additive 0/-inf table by each row's
+state and an Add (with `must_finish`, of `need` compared with the places left), and one Gather of the flattened
+`next` table for the state after the step, in numpy and as ONNX nodes that agree bit for bit. This module imports
+nothing of the processors: they import it, when a Constraint is built.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 
-from toolkit.files import UsageError
-from toolkit.sampling.processors import NEG_INF, Constraint, InvalidParameter
+from toolkit.files import InvalidParameter, UsageError
 from toolkit.vocab import EOS, SPECIALS, Vocab
 
-__all__ = ["MAX_STATES", "Automaton", "Constraint", "intersect", "prompt_state", "regex_fsm"]
+__all__ = ["MAX_STATES", "Automaton", "intersect", "prompt_state", "regex_fsm"]
+
+NEG_INF = np.float32(-np.inf)
 
 NEVER = np.iinfo(np.int32).max  # `need` of a disallowed move: more ids than any row may write
 MAX_STATES = 100_000  # per automaton: its tables are [states, vocab] float32 and int32 (40 MB each at 100 ids)

@@ -10,7 +10,6 @@ import collections
 import dataclasses
 import itertools
 import json
-import os
 import queue
 import time
 from collections.abc import Callable, Iterator
@@ -26,17 +25,12 @@ from toolkit.sampling.config import SampleConfig
 from toolkit.sampling.contract import read_reference
 from toolkit.sampling.engine import Engine
 from toolkit.sampling.likelihood import bits_per_character
-from toolkit.sampling.runtime import CUDA, OnnxStep
+from toolkit.sampling.runtime import CUDA, OnnxStep, cpu_cores
 from toolkit.sampling.tensors import Batch
 from toolkit.sampling.writer import check_format, sample_writer
 
 CHUNK_ROWS = {"cpu": 1024, "cuda": 65_536}  # the default --batch-size: see docs/benchmarks.md
 MAX_CHUNK_ROWS = 2**24
-
-
-def cpu_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import numpy as np
 
 from toolkit.files import UsageError
 from toolkit.sampling.config import SampleConfig
-from toolkit.sampling.runtime import OnnxStep
+from toolkit.sampling.runtime import OnnxStep, cpu_cores
 from toolkit.sampling.tensors import Batch
 
 INSTALL = 'pip install -e ".[ray]"'
@@ -110,7 +110,7 @@ def _connect(address: str, workers: int | None) -> bool:
     if ray.is_initialized():  # the caller's Ray (a test's, a notebook's): used as it is, never shut down here
         return False
     local = address == "local"
-    options = {"num_cpus": workers or _cores()} if local else {}
+    options = {"num_cpus": workers or cpu_cores()} if local else {}
     try:
         with _backend_log_level("fatal"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a connection that times out warns, then raises: the error says it
@@ -124,12 +124,6 @@ def _connect(address: str, workers: int | None) -> bool:
         raise UsageError(f"could not connect to the Ray cluster at {{ray}} {address} ({first}); start one with "
                          "`ray start --head`, or use {ray} local", "ray") from None
     return True
-
-
-def _cores() -> int:
-    from toolkit.sampling.batch import cpu_cores
-
-    return cpu_cores()
 
 
 class Refused(Exception):

@@ -32,21 +32,13 @@ import numpy as np
 if TYPE_CHECKING:
     from toolkit.sampling.graph import Graph
 
-from toolkit.files import UsageError
+from toolkit.files import InvalidParameter, UsageError
 from toolkit.vocab import BOS, PAD, SPECIALS, UNK, Vocab
 
 NEG_INF = np.float32(-np.inf)
 MIN_TEMPERATURE = 0.01  # below this float32 logits overflow; 0 (greedy) is the limit a user means
 MAX_LOGIT_BIAS = 100  # OpenAI's range: -100 all but bans a character, +100 all but forces it
 UNRECORDED = {"recorded": False}  # a field's metadata: not in run.json (what a run derives, e.g. the vocabulary)
-
-
-class InvalidParameter(UsageError):
-    """A parameter out of its range: `parameter` names it as the library does, so a CLI can name its flag."""
-
-    def __init__(self, parameter: str, requirement: str, value: object):
-        self.parameter, self.requirement, self.value = parameter, requirement, value
-        super().__init__(f"{{{parameter}}} {requirement}, not {value!r}", parameter)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,11 @@ from toolkit.sampling.tensors import select_rows
 
 DEVICES = ("auto", "cuda", "cpu")
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def check_device(device: str, start: bool = False) -> None:
