@@ -220,8 +220,8 @@ def sample_batch(
                                       "describe (1/4 to 4/4); `report` scores the shards' directories as one run. "
                                       "No report is written for a shard.", metavar="I/N")] = None,
     ray: Annotated[str | None, _opt("Sample on Ray actors: local (a Ray started here) or a cluster's address (auto: "
-                                    "the one `ray start` runs here). Needs pip install -e \".[ray]\"; same rows as "
-                                    "without.", metavar="local|ADDRESS")] = None,
+                                    "the one `ray start` runs here). Needs " + escape('pip install -e ".[ray]"') +
+                                    "; same rows as without.", metavar="local|ADDRESS")] = None,
     workers: Annotated[int | None, _opt("Ray actors (one GPU each where the cluster has GPUs).",
                                         "the cluster's GPUs, else its CPUs", "N")] = None,
 ) -> None:

@@ -28,6 +28,14 @@ def test_train_help_shows_every_default():
     assert "<str>" not in result.stdout and "<int>" not in result.stdout and "<float>" not in result.stdout
 
 
+def test_sample_batch_help_shows_bracketed_text_whole():
+    """typer reads help as rich markup, where `[ray]` would be a tag and vanish."""
+    result = subprocess.run([sys.executable, str(ROOT / "cli.py"), "sample-batch", "--help"], capture_output=True,
+                            text=True, env={**os.environ, "COLUMNS": "250"}, timeout=60)
+    assert result.returncode == 0 and 'pip install -e ".[ray]"' in result.stdout
+    assert "--shard" in result.stdout and "--must-finish" in result.stdout and "--workers" in result.stdout
+
+
 @pytest.mark.parametrize("args, words", [
     (["--data", "missing.csv"], ["missing.csv", "does not exist"]),
     (["--data", "ftp://x"], ["unknown data source"]),
