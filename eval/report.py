@@ -49,16 +49,12 @@ def write_report(sample_dir: Path | sampledir.Run, train_data: str | None = None
     sample-batch gives its --out's, the report being written in the directory that will replace it).
 
     The directory is locked meanwhile, so a sample-batch writing it cannot leave a report of other samples."""
-    if not isinstance(sample_dir, sampledir.Run):
-        sample_dir = Path(sample_dir)
-        if not sample_dir.is_dir():
-            raise UsageError(f"{sample_dir} is not a directory of samples; run `cli.py sample-batch --out "
-                             f"{sample_dir}` first")
-    home = sample_dir.home if isinstance(sample_dir, sampledir.Run) else sample_dir
+    run = sampledir.Run.of(sample_dir)
+    home = run.home
     with exclusive(home):
         sampledir.check_report_dir(home)
         clear_stale(home)
-        reads = read(sample_dir, train_data, name, subset)
+        reads = read(run, train_data, name, subset)
         size = scored_size(reads, size)
         runs = [score_read(r, size) for r in reads]
         useful = {runs[0].read.source: usefulness_of(reads)}

@@ -109,14 +109,7 @@ def read(sample_dir: Path | sampledir.Run, train_data: str | None = None, name: 
     """Stream a run's samples once (bounded memory, whatever their number): a sample directory's, or a
     sampledir.Run's (the shards of one run, one after another). One Read named `name` (default: the directory's
     name), or one per class, named by its class, for samples with classes."""
-    if isinstance(sample_dir, sampledir.Run):
-        run = sample_dir
-    else:
-        sample_dir = Path(sample_dir)
-        if not sample_dir.is_dir():
-            raise UsageError(f"{sample_dir} is not a directory of samples; run `cli.py sample-batch --out "
-                             f"{sample_dir}` first")
-        run = sampledir.Run((sample_dir,), sample_dir)
+    run = sampledir.Run.of(sample_dir)
     if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
         raise UsageError(f"{{subset}} must be a positive number of texts, not {subset!r}", "subset")
     samples = run.samples()  # checks the columns before the titles are read

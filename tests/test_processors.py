@@ -181,6 +181,24 @@ def test_log_prob_in_the_graph_equals_numpy_and_normalises():
     assert np.allclose(np.exp(every).sum(axis=1), 1, atol=1e-5)
 
 
+def assert_graph_draws_follow(chain, rows, inputs, exact, key):
+    """Draw once per row of `inputs` through `chain` in the graph (uniforms from Squares under `key`) and check the
+    draws against the distribution `exact` [VOCAB]: ids outside its support never drawn, the rest by chi-square."""
+    def build(g):
+        y = "x"
+        for p in chain:
+            y = p.onnx(g, y, rows)
+        return draw_onnx(g, y, uniforms_onnx(g, squares_key(key), "counter", "step"))
+
+    draws = len(inputs["x"])
+    ids = run_graph(build, {**inputs, "inverse": inverse_temperature(inputs["temperature"]),
+                            "counter": counters(np.arange(draws)), "step": np.array(0, np.int64)})
+    observed = np.bincount(ids, minlength=VOCAB)
+    support = exact > 0
+    assert observed[~support].sum() == 0  # removed ids are never drawn
+    assert stats.chisquare(observed[support], exact[support] * draws).pvalue > 1e-4, (observed, exact * draws)
+
+
 @pytest.mark.parametrize("processor", [Temperature(), TopK(4), TopP(0.8), MinP(0.1), RepetitionPenalty(0.7, 0.4)],
                          ids=lambda p: type(p).__name__)
 def test_each_processors_draws_follow_its_exact_distribution(processor):
@@ -196,20 +214,7 @@ def test_each_processors_draws_follow_its_exact_distribution(processor):
         exact = p.numpy(exact, Rows(temperature[:1], {"counts": counts[:1]}))
     exact = np.exp(exact[0].astype(np.float64))
     exact /= exact.sum()
-
-    def build(g):
-        y = "x"
-        for p in chain:
-            y = p.onnx(g, y, GRAPH_ROWS)
-        return draw_onnx(g, y, uniforms_onnx(g, squares_key(11), "counter", "step"))
-
-    ids = run_graph(build, {"x": x, "temperature": temperature, "counts": counts,
-                            "inverse": inverse_temperature(temperature), "counter": counters(np.arange(draws)),
-                            "step": np.array(0, np.int64)})
-    observed = np.bincount(ids, minlength=VOCAB)
-    support = exact > 0
-    assert observed[~support].sum() == 0  # removed ids are never drawn
-    assert stats.chisquare(observed[support], exact[support] * draws).pvalue > 1e-4, (observed, exact * draws)
+    assert_graph_draws_follow(chain, GRAPH_ROWS, {"x": x, "temperature": temperature, "counts": counts}, exact, 11)
 
 
 def test_a_constraints_draws_follow_the_models_distribution_renormalised_over_the_allowed_characters():
@@ -221,28 +226,16 @@ def test_a_constraints_draws_follow_the_models_distribution_renormalised_over_th
     vocab = Vocab(tuple("abcdefgh"))
     constraint = Constraint.build(vocab, regex="[a-g]*h", ban=["ab"], min_length=3)
     after_a = constraint.automaton.advance(0, [vocab.index["a"]])
-    chain = [Ban(), constraint, Temperature()]
     x = np.tile(np.random.default_rng(5).normal(0, 1.5, (1, VOCAB)).astype(np.float32), (draws, 1))
     temperature = np.full(draws, 0.8, np.float32)
-    state = np.full(draws, after_a, np.int64)
     logits = x[0].astype(np.float64) / 0.8
     allowed = np.isin(np.arange(VOCAB), [vocab.index[c] for c in "acdefg"])
-    exact = np.where(allowed, np.exp(logits - logits.max()), 0.0)
+    exact = np.where(allowed, np.exp(logits - logits.max()), 0.0)  # "b", "h", <eos> and the reserved ids: 0
     exact /= exact.sum()
-    graph_rows = Rows("temperature", {"automaton": "automaton"}, inverse="inverse")
-
-    def build(g):
-        y = "x"
-        for p in chain:
-            y = p.onnx(g, y, graph_rows)
-        return draw_onnx(g, y, uniforms_onnx(g, squares_key(12), "counter", "step"))
-
-    ids = run_graph(build, {"x": x, "temperature": temperature, "automaton": state,
-                            "inverse": inverse_temperature(temperature), "counter": counters(np.arange(draws)),
-                            "step": np.array(0, np.int64)})
-    observed = np.bincount(ids, minlength=VOCAB)
-    assert observed[~allowed].sum() == 0  # "b", "h", <eos> and the reserved ids are never drawn
-    assert stats.chisquare(observed[allowed], exact[allowed] * draws).pvalue > 1e-4, (observed, exact * draws)
+    assert_graph_draws_follow([Ban(), constraint, Temperature()],
+                              Rows("temperature", {"automaton": "automaton"}, inverse="inverse"),
+                              {"x": x, "temperature": temperature, "automaton": np.full(draws, after_a, np.int64)},
+                              exact, 12)
 
 
 def test_the_key_is_splitmix64_made_odd():

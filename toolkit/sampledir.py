@@ -86,13 +86,19 @@ def read_info(directory: Path) -> dict:
     return info
 
 
-def is_sample_dir(directory: Path) -> bool:
-    """A directory whose run.json says charlm wrote it (or, from before the marker, holds a sampling config)."""
+def sample_info(directory: Path) -> dict | None:
+    """run.json of a directory it says charlm wrote (or, from before the marker, that holds a sampling config);
+    None for any other directory, or a run.json that cannot be read."""
     try:
         info = read_info(directory)
     except UsageError:
-        return False
-    return info.get("toolkit") == TOOLKIT or ("sampling" in info and "provider" in info)
+        return None
+    return info if info.get("toolkit") == TOOLKIT or ("sampling" in info and "provider" in info) else None
+
+
+def is_sample_dir(directory: Path) -> bool:
+    """A directory whose run.json says charlm wrote it (or, from before the marker, holds a sampling config)."""
+    return sample_info(directory) is not None
 
 
 def _ours(name: str) -> bool:
@@ -513,6 +519,16 @@ class Run:
     parts: tuple[Path, ...]
     home: Path
 
+    @classmethod
+    def of(cls, given: Path | Run) -> Run:
+        """A Run as given, or the one sample directory `given` (refused in one line if it is not a directory)."""
+        if isinstance(given, Run):
+            return given
+        given = Path(given)
+        if not given.is_dir():
+            raise UsageError(f"{given} is not a directory of samples; run `cli.py sample-batch --out {given}` first")
+        return cls((given,), given)
+
     @property
     def sharded(self) -> bool:
         return len(self.parts) > 1 or shard_of(read_info(self.parts[0])) is not None
@@ -548,24 +564,25 @@ def runs(paths: list[Path]) -> list[Run]:
     for order, path in enumerate(map(Path, paths)):
         if not path.is_dir():
             raise UsageError(f"{path} is not a directory of samples; run `cli.py sample-batch --out {path}` first")
-        if is_sample_dir(path):
-            shard = shard_of(read_info(path), str(path / RUN_INFO))
+        info = sample_info(path)
+        if info is not None:
+            shard = shard_of(info, str(path / RUN_INFO))
             if shard is None:
                 whole.append((order, Run((path,), path)))
             else:
-                loose.setdefault(_run_key(read_info(path)), []).append((order, path, shard))
+                loose.setdefault(_run_key(info), []).append((order, path, shard))
             continue
-        inside = sorted(p for p in path.iterdir() if p.is_dir() and is_sample_dir(p))
-        shards = [(p, shard_of(read_info(p), str(p / RUN_INFO))) for p in inside]
-        shards = [(p, s) for p, s in shards if s is not None]
+        inside = [(p, sample_info(p)) for p in sorted(path.iterdir()) if p.is_dir()]
+        shards = [(p, shard_of(i, str(p / RUN_INFO)), _run_key(i)) for p, i in inside if i is not None]
+        shards = [(p, s, key) for p, s, key in shards if s is not None]
         if not shards:
             raise UsageError(f"{path} holds no samples (no run.json of sample-batch, nor shard directories in it); "
                              f"run `cli.py sample-batch --out {path}` first")
-        keys = {_run_key(read_info(p)) for p, _ in shards}
+        keys = {key for _, _, key in shards}
         if len(keys) > 1:
             raise UsageError(f"{path} holds shards of {len(keys)} different runs (their run.json differ in sampling, "
                              "model or titles); keep the shards of one run in a directory")
-        whole.append((order, Run(_ordered([(order, p, s) for p, s in shards], str(path)), path)))
+        whole.append((order, Run(_ordered([(order, p, s) for p, s, _ in shards], str(path)), path)))
     for group in loose.values():
         parts = _ordered(group, ", ".join(str(p) for _, p, _ in group))
         home = Path(os.path.commonpath([p.resolve().parent for p in parts]))

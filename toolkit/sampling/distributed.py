@@ -209,8 +209,7 @@ class Ray:
 
     def __init__(self, model: str | Path, step: OnnxStep, config: SampleConfig, address: str,
                  workers: int | None = None, *, device: str = "auto", tf32: bool = False, **engine_options):
-        check(address, workers)
-        import ray
+        import ray  # `check` has passed: sample_batch calls it before the model loads
 
         self._facts: dict[str, None] = {}  # the engines' facts as the actors report them with each chunk, once each
         self._started = _connect(address, workers)
