@@ -1,3 +1,4 @@
+import collections
 import csv
 import errno
 import hashlib
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import types
+from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
@@ -455,30 +457,39 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 @pytest.mark.slow
 def test_a_kill_at_any_rename_resumes_from_a_consistent_epoch(old_run, titles_csv, tmp_path):
     """Kill a real `train --overwrite --epochs 2` before each of its renames in turn; then the next start finds
-    either the old run whole or the new run at a completed epoch, with no stray file, and resumes it exactly."""
+    either the old run whole or the new run at a completed epoch, with no stray file, and resumes it exactly.
+    Each kill runs in a folder of its own, two at a time (a fresh process each, most of it spent importing)."""
     steps = iterations(old_run / "last.keras")
     pristine = snapshot(old_run)
     config = tiny(titles_csv, seed=5, epochs=2)
-    args = ["train", *tiny_flags(titles_csv), "--out", tmp_path / "run", "--seed", 5, "--epochs", 2, "--overwrite"]
+
+    def killed_at(n: int):
+        """The run as a `train --overwrite` killed before its n-th rename leaves it, and that process's result."""
+        (tmp_path / f"kill{n}").mkdir()
+        run = copy_run(old_run, tmp_path / f"kill{n}")
+        return run, run_patched(KILLED_CLI, n, ROOT / "cli.py", "train", *tiny_flags(titles_csv), "--out", run,
+                                "--seed", 5, "--epochs", 2, "--overwrite")
+
     outcomes = []
-    for n in range(1, 40):
-        shutil.rmtree(tmp_path / "run", ignore_errors=True)
-        run = copy_run(old_run, tmp_path)
-        result = run_patched(KILLED_CLI, n, ROOT / "cli.py", *args)
-        if result.returncode == 0:
-            break
-        assert result.returncode == -signal.SIGKILL, result.stderr
-        if not run.exists() or json.loads((run / "config.json").read_text())["config"]["seed"] == 0:
-            toolkit.rundir.check_out(run, resume=False, overwrite=True)  # the next start puts an old run back
-            assert snapshot(run) == pristine, n
-            outcomes.append("old")
-        else:
-            history = train(config, run, resume=True, verbose=0, log=lambda _: None)
-            assert [row["epoch"] for row in history] == [1, 2], n
-            assert iterations(run / "last.keras") == 2 * steps, n  # no epoch trained twice, none skipped
-            assert not [p for p in run.iterdir() if p.name.startswith(".")], n
-            outcomes.append("new")
-        assert siblings(run) == [], n
+    with ThreadPoolExecutor(2) as pool:
+        pending = collections.deque(pool.submit(killed_at, n) for n in (1, 2))
+        for n in range(3, 42):
+            run, result = pending.popleft().result()
+            if result.returncode == 0:  # past the last rename: the run went through
+                break
+            pending.append(pool.submit(killed_at, n))
+            assert result.returncode == -signal.SIGKILL, result.stderr
+            if not run.exists() or json.loads((run / "config.json").read_text())["config"]["seed"] == 0:
+                toolkit.rundir.check_out(run, resume=False, overwrite=True)  # the next start puts an old run back
+                assert snapshot(run) == pristine, run
+                outcomes.append("old")
+            else:
+                history = train(config, run, resume=True, verbose=0, log=lambda _: None)
+                assert [row["epoch"] for row in history] == [1, 2], run
+                assert iterations(run / "last.keras") == 2 * steps, run  # no epoch trained twice, none skipped
+                assert not [p for p in run.iterdir() if p.name.startswith(".")], run
+                outcomes.append("new")
+            assert siblings(run) == [], run
     assert result.returncode == 0 and "old" in outcomes and "new" in outcomes, outcomes
     assert len(outcomes) >= 10  # marker, vocab, config, reference, two commits of 3-4 files, the swap
 
