@@ -67,7 +67,7 @@ def write_comparison(sample_dirs: Sequence[Path | sampledir.Run], out: Path, tra
     """Score several runs (sample directories, or sampledir.Runs) at one common size; writes one metrics.csv and one
     usefulness.csv (with a `run` column) and one report.html whose tables and plots put the runs side by side into
     `out`, and returns the paths of metrics.csv and report.html."""
-    given = [d if isinstance(d, sampledir.Run) else sampledir.Run((Path(d),), Path(d)) for d in sample_dirs]
+    given = [sampledir.Run.of(d) for d in sample_dirs]
     if not given:
         raise UsageError("nothing to compare; pass one or more sample directories")
     compared = [p for r in given for p in dict.fromkeys((r.home, *r.parts))]

@@ -40,7 +40,6 @@ class Read:
 
     name: str  # the run's name in tables and plots: its directory's, or its class
     source: str  # the directory's name, as the user knows it
-    directory: Path  # the run's home: its sample directory, or the directory of its shards
     run: sampledir.Run  # where its samples are: one directory, or its shards'
     info: dict  # run.json; empty when there is none
     label: str | None  # the class of a conditional model's samples; None: samples without classes
@@ -52,6 +51,11 @@ class Read:
     training: str  # where the training titles came from, for the reader
     logprob: bool
     subset: int
+
+    @property
+    def directory(self) -> Path:
+        """The run's home: its sample directory, or the directory of its shards."""
+        return self.run.home
 
     @property
     def smallest(self) -> int:
@@ -113,7 +117,6 @@ def read(sample_dir: Path | sampledir.Run, train_data: str | None = None, name: 
     if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
         raise UsageError(f"{{subset}} must be a positive number of texts, not {subset!r}", "subset")
     samples = run.samples()  # checks the columns before the titles are read
-    sample_dir = run.home
     held_out, training = training_titles(samples.directory, samples.info, train_data)
     train = TrainingTitles(held_out.train)
     logprob = "logprob" in samples.names
@@ -130,11 +133,11 @@ def read(sample_dir: Path | sampledir.Run, train_data: str | None = None, name: 
             rows = labels == label
             streams.setdefault(label, Streams(train, subset, seed, promises=promises)).add(
                 temperature[rows], texts[rows].tolist(), finished[rows], None if logprobs is None else logprobs[rows])
-    base = name or sample_dir.resolve().name
+    base = name or run.home.resolve().name
     reads = []
     for label, stream in streams.items():
         val = held_out.val if label is None else class_titles(held_out, label)
-        reads.append(Read(base if label is None else label, base, sample_dir, run, samples.info, label, stream.groups(),
+        reads.append(Read(base if label is None else label, base, run, samples.info, label, stream.groups(),
                           reference_stream(val, train, subset, seed, promises), train, val, held_out, training, logprob,
                           subset))
     return reads

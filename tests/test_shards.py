@@ -107,6 +107,16 @@ def test_a_missing_shard_is_named(sharded, tmp_path):
         runs([holder])
 
 
+def test_a_path_that_is_no_directory_is_refused_in_one_line(sharded, tmp_path):
+    """`report` names a missing directory or a file among what it is given, alone or beside shards, and writes
+    nothing."""
+    (tmp_path / "file").write_text("not samples")
+    for given in ([tmp_path / "missing"], [sharded / "shards" / "part1", tmp_path / "file"]):
+        result = run_cli("report", *given)
+        assert_usage_error(result, f"{given[-1]} is not a directory of samples", "sample-batch --out")
+    assert not (tmp_path / "missing").exists() and not (sharded / "shards" / "part1" / "metrics.csv").exists()
+
+
 def test_a_shard_given_twice_is_refused(sharded, tmp_path):
     shutil.copytree(sharded / "shards" / "part2", tmp_path / "again")
     result = run_cli("report", *(sharded / "shards" / f"part{i}" for i in (1, 2, 3)), tmp_path / "again")

@@ -511,6 +511,14 @@ def _run_key(info: dict) -> str:
     return json.dumps({k: info.get(k) for k in RUN_KEYS}, sort_keys=True)
 
 
+def _directory(given: Path) -> Path:
+    """`given` as a Path, refused in one line unless it is a directory."""
+    given = Path(given)
+    if not given.is_dir():
+        raise UsageError(f"{given} is not a directory of samples; run `cli.py sample-batch --out {given}` first")
+    return given
+
+
 @dataclass(frozen=True)
 class Run:
     """What `report` scores as one run: one sample directory, or the directories of every shard of one run, in
@@ -524,9 +532,7 @@ class Run:
         """A Run as given, or the one sample directory `given` (refused in one line if it is not a directory)."""
         if isinstance(given, Run):
             return given
-        given = Path(given)
-        if not given.is_dir():
-            raise UsageError(f"{given} is not a directory of samples; run `cli.py sample-batch --out {given}` first")
+        given = _directory(given)
         return cls((given,), given)
 
     @property
@@ -561,9 +567,7 @@ def runs(paths: list[Path]) -> list[Run]:
     once, or it is refused in one line naming the shard that is missing or repeated."""
     whole: list[tuple[int, Run]] = []
     loose: dict[str, list[tuple[int, Path, Shard]]] = {}
-    for order, path in enumerate(map(Path, paths)):
-        if not path.is_dir():
-            raise UsageError(f"{path} is not a directory of samples; run `cli.py sample-batch --out {path}` first")
+    for order, path in enumerate(map(_directory, paths)):
         info = sample_info(path)
         if info is not None:
             shard = shard_of(info, str(path / RUN_INFO))
